@@ -1,0 +1,268 @@
+"""Tests of the persistent world: results, errors, hangs, deaths, restarts, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conformance.world import JobFailed, World, WorldUnavailable, context
+
+# ---------------------------------------------------------------- jobs (run on every rank)
+
+
+def rank_and_size() -> tuple[int, int]:
+    ctx = context()
+    return ctx.rank, ctx.world_size
+
+
+def all_reduce_rank_sum() -> int:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([context().rank + 1])
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def raise_on(rank: int) -> int:
+    if context().rank == rank:
+        raise ValueError(f"bad input on rank {rank}")
+    return context().rank
+
+
+def raise_on_then_collective(rank: int) -> int:
+    """One rank raises; the others block in a collective it never joins."""
+    import torch
+    import torch.distributed as dist
+
+    if context().rank == rank:
+        raise KeyError("only I know")
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def hang_on(rank: int) -> int:
+    if context().rank == rank:
+        time.sleep(3600)
+    return context().rank
+
+
+def exit_on(rank: int, how: str) -> int:
+    if context().rank == rank:
+        if how == "exit":
+            os._exit(7)
+        elif how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "abort":
+            os.abort()  # what gloo does when ranks fall out of step
+    time.sleep(0.2)
+    return context().rank
+
+
+def mesh_identity(shape: tuple[int, ...]) -> tuple[int, int]:
+    ctx = context()
+    first = ctx.mesh(shape)
+    again = ctx.mesh(shape)
+    return id(first) == id(again), first.ndim
+
+
+def unpicklable_result() -> object:
+    return lambda: None
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.fixture
+def fresh_world():
+    """A private 2-rank world with a short timeout, for tests that break it on purpose."""
+    world = World(2, job_timeout=5.0, error_grace=1.0)
+    yield world
+    world.close()
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_every_rank_answers(world_factory, size):
+    world = world_factory(size)
+    assert world.run(rank_and_size) == [(r, size) for r in range(size)]
+    expected = size * (size + 1) // 2
+    assert world.run(all_reduce_rank_sum) == [expected] * size
+
+
+def test_exception_on_one_rank_names_it(world_factory):
+    world = world_factory(2)
+    with pytest.raises(JobFailed) as info:
+        world.run(raise_on, 1)
+    assert info.value.kind == "error"
+    assert list(info.value.failures) == [1]
+    failure = info.value.failures[1]
+    assert failure.type_name == "ValueError"
+    assert failure.message == "bad input on rank 1"
+    assert "raise_on" in failure.traceback
+    # the world goes on
+    assert world.run(rank_and_size) == [(0, 2), (1, 2)]
+
+
+def test_error_while_others_block_returns_promptly(fresh_world):
+    start = time.monotonic()
+    with pytest.raises(JobFailed) as info:
+        fresh_world.run(raise_on_then_collective, 0)
+    elapsed = time.monotonic() - start
+    assert info.value.kind == "error"
+    assert info.value.failures[0].type_name == "KeyError"
+    assert "blocked" in info.value.detail
+    assert elapsed < 4.0, f"took {elapsed:.1f}s, timeout is 5s"
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
+
+
+def test_hang_is_reported_and_world_restarts(fresh_world):
+    fresh_world.start()
+    with pytest.raises(JobFailed) as info:
+        fresh_world.run(hang_on, 1)
+    assert info.value.kind == "hang"
+    assert list(info.value.failures) == [1]
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
+    assert fresh_world.restarts == 1
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("exit", "exited with status 7"),
+        ("sigkill", "killed by SIGKILL"),
+        ("abort", "killed by SIGABRT"),
+    ],
+)
+def test_dead_rank_is_reported_and_world_restarts(fresh_world, how, expected):
+    fresh_world.start()
+    old_pids = fresh_world.run(pid)
+    with pytest.raises(JobFailed) as info:
+        fresh_world.run(exit_on, 1, how)
+    assert info.value.kind == "crash"
+    assert info.value.failures[1].message == expected
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
+    assert set(fresh_world.run(pid)).isdisjoint(old_pids)
+
+
+def test_unpicklable_result_is_that_ranks_failure(world_factory):
+    world = world_factory(2)
+    with pytest.raises(JobFailed) as info:
+        world.run(unpicklable_result)
+    assert info.value.kind == "error"
+    assert "could not be pickled" in info.value.failures[0].message
+
+
+def test_many_jobs_in_a_row(world_factory):
+    world = world_factory(2)
+    for i in range(200):
+        assert world.run(all_reduce_rank_sum) == [3, 3], f"job {i}"
+
+
+def test_meshes_are_cached_per_shape(world_factory):
+    world = world_factory(4)
+    assert world.run(mesh_identity, (2, 2)) == [(True, 2)] * 4
+    assert world.run(mesh_identity, (4,)) == [(True, 1)] * 4
+    assert world.run(mesh_identity, (1, 2, 2)) == [(True, 3)] * 4
+
+
+def test_two_worlds_of_different_sizes_at_once(world_factory):
+    small, large = world_factory(2), world_factory(4)
+    assert small.run(all_reduce_rank_sum) == [3, 3]
+    assert large.run(all_reduce_rank_sum) == [10] * 4
+    assert small.run(rank_and_size) == [(0, 2), (1, 2)]
+
+
+def test_close_leaves_no_process():
+    world = World(2)
+    pids = world.run(pid)
+    world.close()
+    for p in pids:
+        assert not _process_exists(p), f"rank process {p} outlived close()"
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(ValueError, match="world size must be an integer from 1 to 8, got 0"):
+        World(0)
+    with pytest.raises(ValueError, match="world size must be an integer from 1 to 8, got 9"):
+        World(9)
+    with pytest.raises(ValueError, match="backend must be one of gloo, nccl"):
+        World(2, backend="mpi")
+
+
+def test_nccl_without_gpus_is_unavailable_not_a_crash():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    with pytest.raises(WorldUnavailable, match="needs CUDA GPUs"):
+        World(2, backend="nccl")
+
+
+def _process_exists(p: int) -> bool:
+    try:
+        os.kill(p, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purpose only once reaped; read its state
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from conformance.world import World
+    from tests.test_world import pid
+    if __name__ == "__main__":
+        world = World(2)
+        print(" ".join(map(str, world.run(pid))), flush=True)
+        if sys.argv[1] == "crash":
+            os._exit(1)   # the driver dies without closing anything
+        time.sleep(3600)  # wait for Ctrl-C
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["sigint", "crash"])
+def test_ranks_die_with_their_driver(tmp_path, how):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(root=root))
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        pids = [int(x) for x in line.split()]
+        assert len(pids) == 2, proc.stderr.read()
+        if how == "sigint":
+            proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while any(_process_exists(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if _process_exists(p)], "ranks outlived their driver"
+    finally:
+        proc.kill()
+        proc.wait()
+    leaked = {n for n in set(os.listdir("/dev/shm")) - shm_before if "torch" in n}
+    assert not leaked, f"shared-memory segments leaked: {leaked}"
