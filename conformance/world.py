@@ -48,12 +48,20 @@ class RankFailure:
 class JobFailed(Exception):
     """A job did not produce a result on every rank.
 
-    ``kind`` is ``"error"`` (a rank raised), ``"hang"`` (no answer within the timeout) or
-    ``"crash"`` (a rank died). ``failures`` maps each involved rank to what it reported.
+    ``kind`` is ``"error"`` (a rank raised, or returned early while others stayed blocked),
+    ``"hang"`` (no answer within the timeout) or ``"crash"`` (a rank died). ``failures`` maps
+    each involved rank to what it reported; ``results`` holds what the other ranks returned.
     """
 
-    def __init__(self, kind: str, failures: dict[int, RankFailure], detail: str = "") -> None:
+    def __init__(
+        self,
+        kind: str,
+        failures: dict[int, RankFailure],
+        detail: str = "",
+        results: dict[int, Any] | None = None,
+    ) -> None:
         self.kind = kind
+        self.results = results or {}  # what the other ranks returned
         self.failures = dict(sorted(failures.items()))
         self.detail = detail
         ranks = ", ".join(str(r) for r in self.failures)
@@ -219,7 +227,8 @@ class World:
     """N spawned ranks sharing one process group, reused across jobs.
 
     ``run(fn, *args, **kwargs)`` calls ``fn`` on every rank and returns the list of results,
-    rank by rank, or raises :class:`JobFailed`. The world (re)starts lazily on the first job
+    rank by rank, or raises :class:`JobFailed`. A result with a true ``may_desync`` attribute
+    is treated like an error for timing: the other ranks get ``error_grace`` seconds. The world (re)starts lazily on the first job
     after construction or after a failure that left it unusable.
     """
 
@@ -350,7 +359,7 @@ class World:
             conn.send_bytes(payload)
         self.jobs_run += 1
         try:
-            return self._collect(self.job_timeout)
+            results = self._collect(self.job_timeout)
         except JobFailed as exc:
             if exc.kind == "error":
                 # Ranks that raised may have left a collective half-done on the others.
@@ -362,6 +371,9 @@ class World:
             # Ctrl-C or another driver-side interruption mid-job: the ranks are mid-job too.
             self._kill()
             raise
+        if any(_may_desync(r) for r in results):
+            self._needs_health_check = True
+        return results
 
     def _check_health(self) -> None:
         """After a job that raised, make sure the ranks still agree; restart if they don't."""
@@ -394,10 +406,11 @@ class World:
                         continue  # the rank died; its sentinel tells
                     if status == "err":
                         errors[rank] = value
-                        # The others may be blocked in a collective this rank never joined.
-                        deadline = min(deadline, time.monotonic() + self.error_grace)
                     else:
                         results[rank] = value
+                    if status == "err" or _may_desync(value):
+                        # The others may be blocked in a collective this rank never joined.
+                        deadline = min(deadline, time.monotonic() + self.error_grace)
             for obj in ready:
                 rank = sentinels.get(obj)
                 if rank is not None and rank not in results and rank not in errors:
@@ -407,13 +420,19 @@ class World:
                         {r: RankFailure("RankDied", self._describe_exit(r)) for r in dead} | errors,
                         "world restarts before the next job",
                     )
+        returned_early = sorted(errors) + [r for r, v in results.items() if _may_desync(v)]
+        if waiting and returned_early:
+            blocked = sorted(waiting.values())
+            self._kill()
+            early = ", ".join(map(str, returned_early))
+            for rank in blocked:
+                errors[rank] = RankFailure(
+                    "Blocked", f"still blocked in a collective after rank(s) {early} returned"
+                )
+            detail = f"rank(s) {', '.join(map(str, blocked))} were still blocked and the world was restarted"
+            raise JobFailed("error", errors, detail, results=results)
         if errors:
-            detail = ""
-            if waiting:
-                blocked = sorted(waiting.values())
-                self._kill()
-                detail = f"rank(s) {', '.join(map(str, blocked))} were still blocked and the world was restarted"
-            raise JobFailed("error", errors, detail)
+            raise JobFailed("error", errors, results=results)
         if waiting:
             hung = sorted(waiting.values())
             what = "start" if during_start else "job"
@@ -436,6 +455,11 @@ class World:
             except ValueError:
                 return f"killed by signal {-code}"
         return f"exited with status {code}"
+
+
+def _may_desync(result: Any) -> bool:
+    """A result may say it left its collectives unfinished (e.g. it caught an exception)."""
+    return bool(getattr(result, "may_desync", False))
 
 
 def check_nccl_available(size: int) -> None:

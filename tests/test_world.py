@@ -48,6 +48,22 @@ def raise_on_then_collective(rank: int) -> int:
     return int(t.item())
 
 
+class EarlyReturn:
+    may_desync = True
+
+
+def return_early_on(rank: int) -> object:
+    """One rank returns a result that says it skipped collectives; the other blocks."""
+    import torch
+    import torch.distributed as dist
+
+    if context().rank == rank:
+        return EarlyReturn()
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def hang_on(rank: int) -> int:
     if context().rank == rank:
         time.sleep(3600)
@@ -115,6 +131,7 @@ def test_exception_on_one_rank_names_it(world_factory):
 
 
 def test_error_while_others_block_returns_promptly(fresh_world):
+    fresh_world.start()
     start = time.monotonic()
     with pytest.raises(JobFailed) as info:
         fresh_world.run(raise_on_then_collective, 0)
@@ -123,6 +140,17 @@ def test_error_while_others_block_returns_promptly(fresh_world):
     assert info.value.failures[0].type_name == "KeyError"
     assert "blocked" in info.value.detail
     assert elapsed < 4.0, f"took {elapsed:.1f}s, timeout is 5s"
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
+
+
+def test_early_return_while_others_block_returns_promptly(fresh_world):
+    fresh_world.start()
+    start = time.monotonic()
+    with pytest.raises(JobFailed) as info:
+        fresh_world.run(return_early_on, 1)
+    assert time.monotonic() - start < 4.0
+    assert isinstance(info.value.results[1], EarlyReturn)
+    assert info.value.failures[0].type_name == "Blocked"
     assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
 
 
