@@ -94,6 +94,7 @@ TENSOR_FACTS = (
     "dtype",
     "shape",
     "stride",
+    "local_shape",
     "placements",
     "mesh_shape",
     "aliases",

@@ -43,6 +43,7 @@ class TensorObs:
         torch.Tensor | None
     )  # local data on CPU (for ShardedTensor: local shards concatenated flat)
     stride: tuple[int, ...] | Any = ANY  # of the local data
+    local_shape: tuple[int, ...] | Any = ANY  # of the local data (ShardedTensor: flat total)
     placements: tuple[str, ...] | None = None
     mesh_shape: tuple[int, ...] | None = None
     aliases: str | Any | None = ANY  # path of the input leaf whose storage it shares, else None
@@ -69,6 +70,7 @@ class Outcome:
 
     result: Any  # an observation tree, or RaisedObs
     mutated: dict[str, Any] = field(default_factory=dict)  # argument name -> tree after the call
+    may_desync: bool = False  # the call raised: collectives may be left unfinished on this rank
 
 
 def container_kind(value: Any) -> str:
@@ -111,15 +113,18 @@ class Observer:
         if isinstance(value, ShardedTensor):
             shards = value.local_shards()
             local = [s.tensor for s in shards]
-            data = torch.cat([t.detach().cpu().reshape(-1) for t in local]) if local else None
-            device_type = local[0].device.type if local else "cpu"
+            live = bool(local) and not any(t.is_meta for t in local)
+            data = torch.cat([t.detach().cpu().reshape(-1) for t in local]) if live else None
             return TensorObs(
                 cls="ShardedTensor",
-                device_type=device_type,
+                device_type=local[0].device.type if local else "cpu",
                 dtype=dtype_name(value.dtype),
                 shape=tuple(value.size()),
                 data=data,
-                aliases=self._alias_of(local[0]) if local else None,
+                local_shape=None if data is None else tuple(data.shape),
+                aliases=self._alias_of(local[0]) if live else None,
+                pinned=all(t.is_pinned() for t in local) if live else None,
+                shared=all(t.is_shared() for t in local) if live else None,
             )
         if isinstance(value, DTensor):
             local = value.to_local()
@@ -128,8 +133,9 @@ class Observer:
                 device_type=local.device.type,
                 dtype=dtype_name(value.dtype),
                 shape=tuple(value.shape),
-                data=local.detach().cpu().clone(),
+                data=None if local.is_meta else local.detach().cpu().clone(),
                 stride=tuple(local.stride()),
+                local_shape=tuple(local.shape),
                 placements=tuple(describe_placement(p) for p in value.placements),
                 mesh_shape=tuple(value.device_mesh.shape),
                 aliases=self._alias_of(local),
@@ -142,8 +148,9 @@ class Observer:
                 device_type=value.device.type,
                 dtype=dtype_name(value.dtype),
                 shape=tuple(value.shape),
-                data=value.detach().cpu().clone(),
+                data=None if value.is_meta else value.detach().cpu().clone(),
                 stride=tuple(value.stride()),
+                local_shape=tuple(value.shape),
                 aliases=self._alias_of(value),
                 pinned=value.is_pinned() if value.device.type == "cpu" else False,
                 shared=value.is_shared(),
@@ -166,6 +173,13 @@ class Observer:
         return ValueObs(type(value).__name__, repr(value))
 
     def _alias_of(self, tensor: torch.Tensor) -> str | None:
-        if tensor.numel() == 0:
+        if tensor.numel() == 0 or tensor.is_meta:
             return None  # empty tensors have no storage to share
         return self.storages.get(tensor.untyped_storage().data_ptr())
+
+
+def describe_placement_spec(spec: Any) -> str:
+    """The text :func:`describe_placement` gives for the torch placement of a PlacementSpec."""
+    from strategies.placements import get_placement_model
+
+    return describe_placement(get_placement_model(spec.kind).to_torch(spec))

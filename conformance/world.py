@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class RankContext:
     backend: str
     device: Any  # torch.device
     _meshes: dict[tuple[int, ...], Any] = field(default_factory=dict)
+    _groups: dict[tuple[int, ...], Any] = field(default_factory=dict)
 
     def mesh(self, shape: tuple[int, ...]) -> Any:
         """The DeviceMesh of ``shape`` over all ranks, built once per world and cached."""
@@ -96,6 +98,15 @@ class RankContext:
             names = tuple(f"d{i}" for i in range(len(shape)))
             self._meshes[shape] = init_device_mesh(self.device.type, shape, mesh_dim_names=names)
         return self._meshes[shape]
+
+    def group(self, ranks: tuple[int, ...]) -> Any:
+        """A process group over ``ranks`` (every rank must ask), built once and cached."""
+        ranks = tuple(int(r) for r in ranks)
+        if ranks not in self._groups:
+            import torch.distributed as dist
+
+            self._groups[ranks] = dist.new_group(list(ranks))
+        return self._groups[ranks]
 
     def meshes(self) -> list[Any]:
         return list(self._meshes.values())
@@ -155,6 +166,8 @@ def _rank_main(
     import torch
     import torch.distributed as dist
 
+    # Every ShardedTensor attribute access warns; ranks would drown the output.
+    warnings.filterwarnings("ignore", message="Please use DTensor instead", category=FutureWarning)
     torch.set_num_threads(1)
     if backend == "nccl":
         device = torch.device("cuda", rank % torch.cuda.device_count())
@@ -401,9 +414,16 @@ class World:
                 if obj in waiting:
                     rank = waiting.pop(obj)
                     try:
-                        status, value = pickle.loads(obj.recv_bytes())
+                        data = obj.recv_bytes()
                     except (EOFError, OSError):
                         continue  # the rank died; its sentinel tells
+                    try:
+                        status, value = pickle.loads(data)
+                    except Exception as exc:
+                        status, value = (
+                            "err",
+                            _failure_of(exc, "result could not be unpickled by the driver: "),
+                        )
                     if status == "err":
                         errors[rank] = value
                     else:

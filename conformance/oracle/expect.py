@@ -1,0 +1,452 @@
+"""The oracle: what every rank must observe for a case, by CONTRACT.md, from the global view.
+
+Plain tensor arithmetic on the global tensors and the placement models' split; no process
+group, no DTensor machinery, no code from any target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from conformance.case import Case
+from conformance.observation import (
+    ANY,
+    Container,
+    Outcome,
+    RaisedObs,
+    TensorObs,
+    Tolerance,
+    ValueObs,
+)
+from conformance.oracle.inputs import RankInputs, map_spec, tensor_obs, value_obs
+from conformance.runner import FULL_ROOT, ROOT, global_specs
+from strategies.placements import coordinate_of, split_over_mesh
+from strategies.spec import (
+    DictSpec,
+    DTensorSpec,
+    Leaf,
+    Path,
+    SeqSpec,
+    ShardedTensorSpec,
+    Spec,
+    TensorSpec,
+    UnsupportedSpec,
+    ValueSpec,
+    format_path,
+    iter_leaves,
+    torch_dtype,
+)
+
+TENSOR_SPECS = (TensorSpec, DTensorSpec, ShardedTensorSpec)
+NONE = ValueObs("NoneType", None)
+
+# Floating reductions may sum in another order than the oracle; exact everywhere else.
+_REDUCTION_TOLERANCE = {
+    torch.float16: Tolerance(1e-2, 1e-2),
+    torch.bfloat16: Tolerance(2e-2, 2e-2),
+    torch.float32: Tolerance(1e-5, 1e-5),
+    torch.float64: Tolerance(1e-12, 1e-12),
+    torch.complex64: Tolerance(1e-5, 1e-5),
+    torch.complex128: Tolerance(1e-12, 1e-12),
+}
+
+
+def reduction_tolerance(leaf: DTensorSpec) -> Tolerance | None:
+    if not any(p.kind == "partial" for p in leaf.placements):
+        return None
+    return _REDUCTION_TOLERANCE.get(torch_dtype(leaf.tensor.dtype))
+
+
+def first_unsupported(spec: Spec) -> Path | None:
+    return next(
+        (path for path, leaf in iter_leaves(spec) if isinstance(leaf, UnsupportedSpec)), None
+    )
+
+
+def type_check_error(spec: Spec, case: Case) -> RaisedObs | None:
+    """Every rank raises ValueError naming the first unsupported leaf when type_check is on."""
+    path = first_unsupported(spec)
+    if path is None or not case.kwarg("type_check", True):
+        return None
+    return RaisedObs("ValueError", format_path(path, ""))
+
+
+def expected_outcomes(case: Case) -> list[Outcome]:
+    """Every rank's expected outcome, rank by rank."""
+    expect = EXPECTATIONS[case.utility]
+    return [expect(case, rank) for rank in range(case.world_size)]
+
+
+# ------------------------------------------------------------------------------ gather / offload
+
+
+def _gather(case: Case, rank: int) -> Outcome:
+    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    untouched = {ROOT: inputs.observe_all()}
+    error = type_check_error(case.state_dict, case)
+    if error is not None:
+        return Outcome(error, untouched)
+    ranks_only = case.kwarg("ranks_only", ())
+    if ranks_only and rank not in ranks_only:
+        return Outcome(_dropped(case.state_dict), untouched)
+
+    def leaf(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TensorSpec):
+            return tensor_obs(spec, inputs.local(spec, path))
+        if isinstance(spec, (DTensorSpec, ShardedTensorSpec)):
+            tolerance = reduction_tolerance(spec) if isinstance(spec, DTensorSpec) else None
+            full = inputs.global_value(spec, path)
+            return TensorObs(
+                "Tensor",
+                "cpu",
+                spec.tensor.dtype,
+                tuple(spec.tensor.shape),
+                full,
+                aliases=None,
+                tolerance=tolerance,
+            )
+        return value_obs(spec, path)
+
+    return Outcome(map_spec(case.state_dict, leaf), untouched)
+
+
+def _offload(case: Case, rank: int) -> Outcome:
+    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    untouched = {ROOT: inputs.observe_all()}
+    error = type_check_error(case.state_dict, case)
+    if error is not None:
+        return Outcome(error, untouched)
+    ranks_only = case.kwarg("ranks_only", ())
+    if ranks_only and rank not in ranks_only:
+        return Outcome(_dropped(case.state_dict), untouched)
+
+    def leaf(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TENSOR_SPECS):
+            return tensor_obs(spec, inputs.local(spec, path))
+        return value_obs(spec, path)
+
+    return Outcome(map_spec(case.state_dict, leaf), untouched)
+
+
+def _dropped(spec: Spec) -> Any:
+    """What a rank outside ranks_only gets: an empty dict of the input's kind, else None."""
+    if isinstance(spec, DictSpec):
+        return Container("OrderedDict" if spec.kind == "ordered_dict" else "dict", (), ())
+    return NONE
+
+
+# ------------------------------------------------------------------------------ copy / create / similar
+
+
+def structure_mismatch(source: Spec, dest: Spec, path: Path = ()) -> Path | None:
+    """The first path (tree order of ``source``) where ``dest`` cannot receive ``source``."""
+    if isinstance(source, (DictSpec, SeqSpec)):
+        if type(source) is not type(dest):
+            return path
+        if isinstance(source, DictSpec):
+            dest_items = dict(dest.items)
+            if set(dest_items) != {k for k, _ in source.items}:
+                return path
+            pairs = [(k, c, dest_items[k]) for k, c in source.items]
+        else:
+            if len(source.items) != len(dest.items):
+                return path
+            pairs = [
+                (i, c, d) for i, (c, d) in enumerate(zip(source.items, dest.items, strict=True))
+            ]
+        for key, child, other in pairs:
+            found = structure_mismatch(child, other, (*path, key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(source, TENSOR_SPECS) or isinstance(dest, TENSOR_SPECS):
+        if type(source) is not type(dest):
+            return path
+        if (
+            source.tensor.shape != dest.tensor.shape
+            if not isinstance(source, TensorSpec)
+            else source.shape != dest.shape
+        ):
+            return path
+        src_dtype = source.dtype if isinstance(source, TensorSpec) else source.tensor.dtype
+        dst_dtype = dest.dtype if isinstance(dest, TensorSpec) else dest.tensor.dtype
+        if src_dtype != dst_dtype:
+            return path
+        if isinstance(source, DTensorSpec) and (source.mesh_shape, source.placements) != (
+            dest.mesh_shape,
+            dest.placements,
+        ):
+            return path
+        if isinstance(source, ShardedTensorSpec) and (source.dim, source.rank_order) != (
+            dest.dim,
+            dest.rank_order,
+        ):
+            return path
+        return None
+    if isinstance(dest, (DictSpec, SeqSpec)):
+        return path
+    return None
+
+
+def _copy(case: Case, rank: int) -> Outcome:
+    source = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    dest = RankInputs(case.other, case.seed + 1, rank, case.world_size, "copy_state_dict")
+    untouched = {ROOT: source.observe_all(), "copy_state_dict": dest.observe_all()}
+    error = type_check_error(case.state_dict, case)
+    if error is not None:
+        return Outcome(error, untouched)
+    mismatch = structure_mismatch(case.state_dict, case.other)
+    if mismatch is not None:
+        return Outcome(RaisedObs("ValueError", format_path(mismatch, "")), untouched)
+    dest_leaves = dict(iter_leaves(case.other))
+
+    def written(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TENSOR_SPECS):
+            target = dest_leaves[path]
+            return tensor_obs(target, source.local(spec, path), aliases=dest.owner(target, path))
+        return value_obs(spec, path)
+
+    def dest_after(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TENSOR_SPECS):
+            return tensor_obs(spec, source.local(spec, path), aliases=dest.owner(spec, path))
+        return dest.unchanged(path, spec)
+
+    mutated = {ROOT: untouched[ROOT], "copy_state_dict": map_spec(case.other, dest_after)}
+    return Outcome(map_spec(case.state_dict, written), mutated)
+
+
+def _create_cpu(case: Case, rank: int) -> Outcome:
+    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    untouched = {ROOT: inputs.observe_all()}
+    if case.kwarg("pin_memory", False) and not torch.cuda.is_available():
+        return Outcome(RaisedObs(ANY, ""), untouched)
+    share = bool(case.kwarg("share_memory", False))
+
+    def leaf(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TENSOR_SPECS):
+            local = inputs.local(spec, path)
+            holds_nothing = isinstance(spec, ShardedTensorSpec) and not local.numel()
+            return tensor_obs(
+                spec,
+                None,  # contents unspecified
+                local_shape=None if holds_nothing else tuple(local.shape),
+                aliases=None,
+                pinned=ANY if holds_nothing else False,
+                shared=ANY if holds_nothing else share,
+            )
+        return value_obs(spec, path)
+
+    return Outcome(map_spec(case.state_dict, leaf), untouched)
+
+
+def similar(a: Spec, b: Spec) -> bool:
+    """Same structure (container kinds, keys as sets, lengths, tensor-vs-non-tensor) and, for
+    every pair of tensor leaves of any kind, the same global shape and dtype."""
+    if isinstance(a, DictSpec) or isinstance(b, DictSpec):
+        if not (isinstance(a, DictSpec) and isinstance(b, DictSpec)):
+            return False
+        items_b = dict(b.items)
+        if set(items_b) != {k for k, _ in a.items}:
+            return False
+        return all(similar(c, items_b[k]) for k, c in a.items)
+    if isinstance(a, SeqSpec) or isinstance(b, SeqSpec):
+        if not (isinstance(a, SeqSpec) and isinstance(b, SeqSpec)) or len(a.items) != len(b.items):
+            return False
+        return all(similar(x, y) for x, y in zip(a.items, b.items, strict=True))
+    a_tensor, b_tensor = isinstance(a, TENSOR_SPECS), isinstance(b, TENSOR_SPECS)
+    if a_tensor != b_tensor:
+        return False
+    if not a_tensor:
+        return True
+    ta = a if isinstance(a, TensorSpec) else a.tensor
+    tb = b if isinstance(b, TensorSpec) else b.tensor
+    return ta.shape == tb.shape and ta.dtype == tb.dtype
+
+
+def _similarity(case: Case, rank: int) -> Outcome:
+    first = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    second = RankInputs(case.other, case.seed + 1, rank, case.world_size, "compared_state_dict")
+    untouched = {ROOT: first.observe_all(), "compared_state_dict": second.observe_all()}
+    return Outcome(ValueObs("bool", similar(case.state_dict, case.other)), untouched)
+
+
+# ------------------------------------------------------------------------------ loading full state
+
+
+def _shard_of(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tensor:
+    """This rank's local tensor of ``full`` under the leaf's (Shard/Replicate) placements."""
+    parts = split_over_mesh(
+        full, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0)
+    )
+    return parts[coordinate_of(rank, leaf.mesh_shape)]
+
+
+def _load(case: Case, rank: int, strict: bool) -> Outcome:
+    """broadcast_state_dict / distribute_state_dict: local_state_dict after loading full."""
+    full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
+    local = RankInputs(case.other, case.seed + 1, rank, case.world_size, "local_state_dict")
+    full_items = dict(case.state_dict.items)
+    after: list[tuple[Any, Any]] = []
+    for key, spec in case.other.items:
+        path = (key,)
+        if key not in full_items:
+            if not strict:
+                after.append((key, local.unchanged(path, spec)))
+            continue
+        source = full_items[key]
+        if not isinstance(source, TensorSpec):
+            after.append((key, value_obs(source, path)))
+        elif isinstance(spec, ValueSpec) and spec.value is None:
+            after.append((key, local.unchanged(path, spec)))  # tensors go into non-None entries
+        else:
+            data = full.global_value(source, path)
+            if isinstance(spec, DTensorSpec):
+                after.append((key, tensor_obs(spec, _shard_of(data, spec, rank), aliases=ANY)))
+            else:
+                after.append((key, tensor_obs(source, data, aliases=None)))
+    keys = tuple(k for k, _ in after)
+    mutated = {"local_state_dict": Container("dict", keys, tuple(v for _, v in after))}
+    if rank == 0 or case.utility == "distribute_state_dict":
+        mutated[FULL_ROOT] = full.observe_all()
+    return Outcome(NONE, mutated)
+
+
+def _broadcast_state_dict(case: Case, rank: int) -> Outcome:
+    return _load(case, rank, strict=bool(case.kwarg("strict", False)))
+
+
+def _distribute_state_dict(case: Case, rank: int) -> Outcome:
+    return _load(case, rank, strict=False)
+
+
+def _broadcast_tensors(case: Case, rank: int) -> Outcome:
+    """Only the named keys are loaded; entries of other keys stay as they were."""
+    keys = set(case.kwarg("keys", ()))
+    narrowed = DictSpec(
+        tuple((k, v) for k, v in case.state_dict.items if k in keys), case.state_dict.kind
+    )
+    loaded = _load(replace(case, state_dict=narrowed), rank, strict=False)
+    if rank == 0:
+        full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
+        loaded.mutated[FULL_ROOT] = full.observe_all()
+    else:
+        loaded.mutated.pop(FULL_ROOT, None)
+    return loaded
+
+
+def _distribute_tensors(case: Case, rank: int) -> Outcome:
+    local = RankInputs(case.state_dict, case.seed, rank, case.world_size, "local_state_dict")
+    fulls = RankInputs(
+        global_specs(case.state_dict), case.seed + 1, rank, case.world_size, FULL_ROOT
+    )
+    keys = set(case.kwarg("keys", ()))
+    meta = bool(case.kwarg("meta", False))
+
+    def leaf(path: Path, spec: Leaf) -> Any:
+        if path[0] not in keys:
+            return local.unchanged(path, spec) if not meta else _meta_obs(spec, path, local)
+        full = fulls.global_value(spec.tensor, path)
+        return tensor_obs(
+            spec, _shard_of(full, spec, rank), aliases=None if meta else local.owner(spec, path)
+        )
+
+    return Outcome(NONE, {"local_state_dict": map_spec(case.state_dict, leaf)})
+
+
+def _meta_obs(spec: Leaf, path: Path, local: RankInputs) -> Any:
+    if isinstance(spec, DTensorSpec):
+        return tensor_obs(spec, None, device_type="meta", aliases=None, data=ANY)
+    return local.unchanged(path, spec)
+
+
+# ------------------------------------------------------------------------------ flatten
+
+
+def flatten_paths(spec: Spec) -> list[tuple[str, Path]]:
+    """(dot-joined key, spec path) of every leaf: mappings and sequences are descended,
+    empty containers vanish."""
+    return [(".".join(str(k) for k in path), path) for path, _ in iter_leaves(spec)]
+
+
+def _flatten(case: Case, rank: int) -> Outcome:
+    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    untouched = {ROOT: inputs.observe_all()}
+    leaves = dict(iter_leaves(case.state_dict))
+    seen: set[str] = set()
+    flat_keys, flat_values, mapping_values = [], [], []
+    for fqn, path in flatten_paths(case.state_dict):
+        if fqn in seen:
+            return Outcome(RaisedObs("ValueError", fqn), untouched)
+        seen.add(fqn)
+        flat_keys.append(fqn)
+        flat_values.append(inputs.unchanged(path, leaves[path]))
+        mapping_values.append(_path_obs(object_path(case.state_dict, path)))
+    flat = Container("dict", tuple(flat_keys), tuple(flat_values))
+    mapping = Container("dict", tuple(flat_keys), tuple(mapping_values))
+    return Outcome(Container("tuple", (0, 1), (flat, mapping)), untouched)
+
+
+def _path_obs(path: tuple) -> Container:
+    return Container(
+        "tuple", tuple(range(len(path))), tuple(ValueObs(type(k).__name__, k) for k in path)
+    )
+
+
+def object_path(spec: Spec, path: Path) -> tuple:
+    """The object path flattening records: dict keys as str, sequence indices as int."""
+    out, node = [], spec
+    for key in path:
+        if isinstance(node, DictSpec):
+            out.append(str(key))
+            node = dict(node.items)[key]
+        else:
+            out.append(key)
+            node = node.items[key]
+    return tuple(out)
+
+
+def _unflatten(case: Case, rank: int) -> Outcome:
+    """Nested plain dicts (str keys) and lists rebuilt from the flattened leaves (cases hold no
+    empty containers, which flattening cannot represent)."""
+    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+
+    def rebuilt(spec: Spec, path: Path) -> Any:
+        if isinstance(spec, DictSpec):
+            keys = tuple(str(k) for k, _ in spec.items)
+            return Container("dict", keys, tuple(rebuilt(c, (*path, k)) for k, c in spec.items))
+        if isinstance(spec, SeqSpec):
+            children = tuple(rebuilt(c, (*path, i)) for i, c in enumerate(spec.items))
+            return Container("list", tuple(range(len(children))), children)
+        return inputs.unchanged(path, spec)
+
+    return Outcome(rebuilt(case.state_dict, ()), {})
+
+
+def _all_gather_sharded(case: Case, rank: int) -> Outcome:
+    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    spec = case.state_dict
+    full = inputs.global_value(spec, ())
+    result = TensorObs(
+        "Tensor", "cpu", spec.tensor.dtype, tuple(spec.tensor.shape), full, aliases=None
+    )
+    return Outcome(result, {ROOT: inputs.observe_all()})
+
+
+EXPECTATIONS: dict[str, Callable[[Case, int], Outcome]] = {
+    "gather_state_dict": _gather,
+    "offload_state_dict_to_cpu": _offload,
+    "copy_state_dict": _copy,
+    "create_cpu_state_dict": _create_cpu,
+    "check_state_dict_similarity": _similarity,
+    "distribute_tensors": _distribute_tensors,
+    "broadcast_tensors": _broadcast_tensors,
+    "broadcast_state_dict": _broadcast_state_dict,
+    "distribute_state_dict": _distribute_state_dict,
+    "flatten_state_dict": _flatten,
+    "unflatten_state_dict": _unflatten,
+    "all_gather_sharded_tensor": _all_gather_sharded,
+}

@@ -1,0 +1,169 @@
+"""What each rank holds before a call, computed from the spec alone (no process group).
+
+The values come from the same spec semantics the ranks use (:mod:`strategies.values`, the
+placement models, chunk bounds), never from a target. These functions also build the
+expected observation of an argument that a utility must leave untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from conformance.materialise import dtensor_locals, global_tensor, sharded_chunks, unsupported_value
+from conformance.observation import Container, TensorObs, ValueObs, describe_placement_spec
+from strategies.placements import coordinate_of
+from strategies.spec import (
+    BytesIOSpec,
+    DictSpec,
+    DTensorSpec,
+    Leaf,
+    Path,
+    SeqSpec,
+    ShardedTensorSpec,
+    Spec,
+    TensorSpec,
+    UnsupportedSpec,
+    ValueSpec,
+    format_path,
+    iter_leaves,
+)
+from strategies.values import make_plain_tensor, share_group_footprints, storage_key
+
+
+def spec_container_kind(spec: DictSpec | SeqSpec) -> str:
+    """The observed container kind a spec container materialises as."""
+    if isinstance(spec, DictSpec):
+        return "OrderedDict" if spec.kind == "ordered_dict" else "dict"
+    if spec.kind == "namedtuple":
+        return f"namedtuple:SpecTuple{len(spec.items)}"
+    return spec.kind
+
+
+def map_spec(
+    spec: Spec,
+    leaf_fn: Callable[[Path, Leaf], Any],
+    path: Path = (),
+    kind_fn: Callable | None = None,
+) -> Any:
+    """An observation tree of ``spec``'s shape, each leaf replaced by ``leaf_fn(path, leaf)``."""
+    kind_fn = kind_fn or spec_container_kind
+    if isinstance(spec, DictSpec):
+        keys = tuple(k for k, _ in spec.items)
+        return Container(
+            kind_fn(spec),
+            keys,
+            tuple(map_spec(c, leaf_fn, (*path, k), kind_fn) for k, c in spec.items),
+        )
+    if isinstance(spec, SeqSpec):
+        children = tuple(
+            map_spec(c, leaf_fn, (*path, i), kind_fn) for i, c in enumerate(spec.items)
+        )
+        return Container(kind_fn(spec), tuple(range(len(spec.items))), children)
+    return leaf_fn(path, spec)
+
+
+def value_obs(leaf: ValueSpec | BytesIOSpec | UnsupportedSpec, path: Path) -> ValueObs:
+    """The observation of a non-tensor leaf (unsupported objects observed by their repr)."""
+    if isinstance(leaf, ValueSpec):
+        return ValueObs(type(leaf.value).__name__, leaf.value)
+    if isinstance(leaf, BytesIOSpec):
+        return ValueObs("BytesIO", leaf.data)
+    value = unsupported_value(leaf.kind, path)
+    return ValueObs(type(value).__name__, repr(value))
+
+
+class RankInputs:
+    """One rank's view of one materialised argument: local tensors and their storage owners."""
+
+    def __init__(self, spec: Spec, seed: int, rank: int, world_size: int, root: str) -> None:
+        self.spec, self.seed, self.rank, self.world_size, self.root = (
+            spec,
+            seed,
+            rank,
+            world_size,
+            root,
+        )
+        leaves = list(iter_leaves(spec))
+        self._footprints = share_group_footprints(leaves)
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        # first leaf (tree order, non-empty) that owns each storage key -> its path text
+        self._owner: dict[tuple, str] = {}
+        for path, leaf in leaves:
+            if isinstance(leaf, TensorSpec) and leaf.numel:
+                self._owner.setdefault(storage_key(leaf, path), format_path(path, root))
+        self.leaves = dict(leaves)
+
+    def plain(self, leaf: TensorSpec, path: Path) -> torch.Tensor:
+        footprint = self._footprints.get(storage_key(leaf, path))
+        return make_plain_tensor(leaf, self.seed, path, self.rank, self._buffers, footprint)
+
+    def owner(self, leaf: Leaf, path: Path) -> str | None:
+        """Path of the input leaf whose storage this leaf's local data lives in."""
+        if isinstance(leaf, TensorSpec):
+            return self._owner.get(storage_key(leaf, path)) if leaf.numel else None
+        return format_path(path, self.root) if self.local(leaf, path).numel() else None
+
+    def local(self, leaf: Leaf, path: Path) -> torch.Tensor:
+        """The rank's local data: the tensor, the DTensor's local tensor, or the ShardedTensor's
+        local shards flattened and concatenated (empty when it holds none)."""
+        if isinstance(leaf, TensorSpec):
+            return self.plain(leaf, path)
+        if isinstance(leaf, DTensorSpec):
+            return dtensor_locals(leaf, self.seed, path)[coordinate_of(self.rank, leaf.mesh_shape)]
+        if isinstance(leaf, ShardedTensorSpec):
+            full = global_tensor(leaf, self.seed, path)
+            parts = [
+                full.narrow(leaf.dim, start, length).reshape(-1)
+                for owner, start, length in sharded_chunks(leaf, self.world_size)
+                if owner == self.rank
+            ]
+            return torch.cat(parts) if parts else torch.empty(0, dtype=full.dtype)
+        raise TypeError(f"not a tensor leaf: {leaf!r}")
+
+    def global_value(self, leaf: Leaf, path: Path) -> torch.Tensor:
+        """The full value a tensor leaf stands for (a plain tensor is its own full value)."""
+        if isinstance(leaf, TensorSpec):
+            return self.plain(leaf, path).contiguous()
+        return global_tensor(leaf, self.seed, path)
+
+    def unchanged(self, path: Path, leaf: Leaf) -> Any:
+        """The observation of an input leaf that was left as it was."""
+        if not isinstance(leaf, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
+            return value_obs(leaf, path)
+        return tensor_obs(
+            leaf, self.local(leaf, path), aliases=self.owner(leaf, path), keep_stride=True
+        )
+
+    def observe_all(self) -> Any:
+        return map_spec(self.spec, self.unchanged)
+
+
+def tensor_obs(leaf: Leaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:
+    """Expected observation of a tensor leaf of the same kind as ``leaf`` holding ``data``.
+
+    ``facts`` override defaults (``aliases``, ``cls``, ``pinned`` ...); ``keep_stride``
+    expects ``data``'s own stride (else any stride is accepted).
+    """
+    keep_stride = facts.pop("keep_stride", False)
+    tensor = leaf.tensor if isinstance(leaf, (DTensorSpec, ShardedTensorSpec)) else leaf
+    base: dict[str, Any] = {
+        "cls": {DTensorSpec: "DTensor", ShardedTensorSpec: "ShardedTensor"}.get(
+            type(leaf), "Tensor"
+        ),
+        "device_type": "cpu",
+        "dtype": tensor.dtype,
+        "shape": tuple(tensor.shape),
+        "data": None if data is None else data.clone(),
+    }
+    if keep_stride and data is not None and not isinstance(leaf, ShardedTensorSpec):
+        base["stride"] = tuple(data.stride())
+    if isinstance(leaf, DTensorSpec):
+        base["placements"] = tuple(describe_placement_spec(p) for p in leaf.placements)
+        base["mesh_shape"] = tuple(leaf.mesh_shape)
+    if isinstance(leaf, ShardedTensorSpec) and data is not None and data.numel() == 0:
+        base["data"] = None
+    base.update(facts)
+    return TensorObs(**base)
