@@ -83,11 +83,9 @@ def sharded_chunks(leaf: ShardedTensorSpec, world_size: int) -> list[tuple[int, 
     """``(rank, start, length)`` of each non-empty chunk of a ShardedTensor leaf."""
     size = leaf.tensor.shape[leaf.dim]
     bounds = chunk_bounds(size, len(leaf.rank_order))
-    return [
-        (leaf.rank_order[i], start, length)
-        for i, (start, length) in enumerate(bounds)
-        if length > 0
-    ]
+    chunks = [(leaf.rank_order[i], start, n) for i, (start, n) in enumerate(bounds) if n > 0]
+    # A ShardedTensor needs at least one shard: an empty tensor is one empty chunk.
+    return chunks or [(leaf.rank_order[0], 0, 0)]
 
 
 @dataclass
@@ -96,6 +94,7 @@ class Materialised:
 
     value: Any
     storages: dict[int, str] = field(default_factory=dict)  # storage data_ptr -> leaf path
+    tensors: list[torch.Tensor] = field(default_factory=list)  # every input tensor, kept alive
 
 
 class Builder:
@@ -108,6 +107,7 @@ class Builder:
         self.mesh = mesh  # callable: shape -> DeviceMesh
         self.root = root
         self.storages: dict[int, str] = {}
+        self.keepalive: list[torch.Tensor] = []
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._footprints: dict[tuple, int] = {}
 
@@ -115,9 +115,12 @@ class Builder:
         self._footprints = share_group_footprints(list(iter_leaves(spec)))
         self.meta_dtensors = meta_dtensors
         value = self._build(spec, ())
-        return Materialised(value, self.storages)
+        return Materialised(value, self.storages, self.keepalive)
 
     def _remember(self, tensor: torch.Tensor, path: Path) -> None:
+        # Inputs stay alive until the outcome is observed: a freed input's address could be
+        # reused by an output and pass for aliasing.
+        self.keepalive.append(tensor)
         if tensor.numel() and tensor.device.type != "meta":
             self.storages.setdefault(
                 tensor.untyped_storage().data_ptr(), format_path(path, self.root)
@@ -156,7 +159,10 @@ class Builder:
         from torch.distributed.tensor import DTensor
 
         coord = coordinate_of(self.rank, spec.mesh_shape)
-        local = dtensor_locals(spec, self.seed, path)[coord].clone().to(self.device)
+        local = dtensor_locals(spec, self.seed, path)[coord].clone(
+            memory_format=torch.contiguous_format
+        )
+        local = local.to(self.device)
         if self.meta_dtensors:
             local = local.to("meta")
         self._remember(local, path)
@@ -189,7 +195,10 @@ class Builder:
             meta = ShardMetadata(offsets, sizes, f"rank:{owner}/{self.device}")
             metadata.append(meta)
             if owner == self.rank:
-                data = full.narrow(spec.dim, start, length).clone().to(self.device)
+                data = full.narrow(spec.dim, start, length).clone(
+                    memory_format=torch.contiguous_format
+                )
+                data = data.to(self.device)
                 self._remember(data, path)
                 local_shards.append(Shard(data, meta))
         global_meta = ShardedTensorMetadata(

@@ -54,6 +54,7 @@ class CallContext:
         self.rank, self.device = ctx.rank, ctx.device
         self.builder_args = (ctx.rank, ctx.world_size, ctx.device, ctx.mesh)
         self.storages: dict[int, str] = {}
+        self.inputs: list[torch.Tensor] = []  # alive until the outcome is observed
 
     def build(
         self, spec: Any, root: str, seed_offset: int = 0, meta_dtensors: bool = False
@@ -63,6 +64,7 @@ class CallContext:
         )
         for ptr, path in built.storages.items():
             self.storages.setdefault(ptr, path)
+        self.inputs.extend(built.tensors)
         return built
 
     def device_kwarg(self) -> torch.device:

@@ -212,7 +212,8 @@ def _copy(case: Case, rank: int) -> Outcome:
 
     def dest_after(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TENSOR_SPECS):
-            return tensor_obs(spec, source.local(spec, path), aliases=dest.owner(spec, path))
+            data = source.local(source.leaves[path], path)
+            return tensor_obs(spec, data, aliases=dest.owner(spec, path))
         return dest.unchanged(path, spec)
 
     mutated = {ROOT: untouched[ROOT], "copy_state_dict": map_spec(case.other, dest_after)}
@@ -229,7 +230,7 @@ def _create_cpu(case: Case, rank: int) -> Outcome:
     def leaf(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TENSOR_SPECS):
             local = inputs.local(spec, path)
-            holds_nothing = isinstance(spec, ShardedTensorSpec) and not local.numel()
+            holds_nothing = isinstance(spec, ShardedTensorSpec) and not inputs.owns_shard(spec)
             return tensor_obs(
                 spec,
                 None,  # contents unspecified
@@ -359,7 +360,7 @@ def _distribute_tensors(case: Case, rank: int) -> Outcome:
 
 def _meta_obs(spec: Leaf, path: Path, local: RankInputs) -> Any:
     if isinstance(spec, DTensorSpec):
-        return tensor_obs(spec, None, device_type="meta", aliases=None, data=ANY)
+        return tensor_obs(spec, None, device_type="meta", aliases=None)
     return local.unchanged(path, spec)
 
 

@@ -112,7 +112,9 @@ class RankInputs:
         if isinstance(leaf, TensorSpec):
             return self.plain(leaf, path)
         if isinstance(leaf, DTensorSpec):
-            return dtensor_locals(leaf, self.seed, path)[coordinate_of(self.rank, leaf.mesh_shape)]
+            # ranks hold a contiguous copy of their part
+            parts = dtensor_locals(leaf, self.seed, path)
+            return parts[coordinate_of(self.rank, leaf.mesh_shape)].contiguous()
         if isinstance(leaf, ShardedTensorSpec):
             full = global_tensor(leaf, self.seed, path)
             parts = [
@@ -122,6 +124,9 @@ class RankInputs:
             ]
             return torch.cat(parts) if parts else torch.empty(0, dtype=full.dtype)
         raise TypeError(f"not a tensor leaf: {leaf!r}")
+
+    def owns_shard(self, leaf: ShardedTensorSpec) -> bool:
+        return any(owner == self.rank for owner, _, _ in sharded_chunks(leaf, self.world_size))
 
     def global_value(self, leaf: Leaf, path: Path) -> torch.Tensor:
         """The full value a tensor leaf stands for (a plain tensor is its own full value)."""

@@ -1,0 +1,346 @@
+"""Hypothesis strategies that draw whole Cases, one per utility, from the spec strategies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from hypothesis import strategies as st
+
+from conformance.case import Case
+from strategies.spec import (
+    DictSpec,
+    DTensorSpec,
+    SeqSpec,
+    ShardedTensorSpec,
+    Spec,
+    TensorSpec,
+    ValueSpec,
+    iter_leaves,
+    replace_leaves,
+)
+from strategies.tensors import GLOO_DTYPES, placements_for, sharded_tensor_specs, tensor_specs
+from strategies.trees import flat_state_dict_specs, model_optim_state_dicts, state_dict_specs
+
+# Placements a full tensor can be distributed into (Partial has no "slice of the full").
+LOADABLE_PLACEMENTS = ("shard", "replicate")
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+@st.composite
+def nested_state_dicts(
+    draw: st.DrawFn, world_size: int, allow_unsupported: bool = False, **kw
+) -> Spec:
+    """Arbitrary trees most of the time, realistic model+optimizer state dicts otherwise."""
+    if draw(st.integers(0, 3), label="realistic") == 0:
+        return draw(model_optim_state_dicts(world_size))
+    return draw(state_dict_specs(world_size, allow_unsupported=allow_unsupported, **kw))
+
+
+def ranks_only_for(world_size: int) -> st.SearchStrategy[tuple[int, ...]]:
+    return st.one_of(
+        st.just(()),
+        st.sets(st.integers(0, world_size - 1), min_size=1).map(lambda s: tuple(sorted(s))),
+    )
+
+
+PGS = st.sampled_from([None, "world", "copy"])
+
+
+def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
+    return tuple((k, v) for k, v in drawn.items() if v is not None)
+
+
+@st.composite
+def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
+    kwargs = _kwargs(
+        cpu_offload=draw(st.booleans()),
+        ranks_only=draw(ranks_only_for(ws)),
+        type_check=draw(st.booleans()),
+        pg=draw(PGS),
+    )
+    return Case("gather_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
+
+
+@st.composite
+def offload_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
+    kwargs = _kwargs(ranks_only=draw(ranks_only_for(ws)), type_check=draw(st.booleans()))
+    return Case("offload_state_dict_to_cpu", ws, draw(SEEDS), sd, kwargs=kwargs)
+
+
+def without_views(spec: Spec) -> Spec:
+    """``spec`` with every share group dissolved (a destination must not alias itself)."""
+    repl = {
+        path: TensorSpec(leaf.shape, leaf.dtype, leaf.layout, leaf.per_rank)
+        for path, leaf in iter_leaves(spec)
+        if isinstance(leaf, TensorSpec) and leaf.view_of is not None
+    }
+    return replace_leaves(spec, repl)
+
+
+@st.composite
+def altered(draw: st.DrawFn, spec: Spec) -> Spec:
+    """``spec`` changed in one place so that it no longer matches: a tensor's shape, dtype or
+    kind, a key dropped or added, a sequence made longer."""
+    leaves = [(p, leaf) for p, leaf in iter_leaves(spec) if p]
+    containers = _containers(spec)
+    choice = draw(
+        st.sampled_from(["leaf", "container"] if leaves else ["container"]), label="alteration"
+    )
+    if choice == "leaf":
+        path, leaf = draw(st.sampled_from(leaves), label="altered leaf")
+        return replace_leaves(spec, {path: draw(_altered_leaf(leaf))})
+    path, node = draw(st.sampled_from(containers), label="altered container")
+    if isinstance(node, DictSpec):
+        if node.items and draw(st.booleans()):
+            new = DictSpec(node.items[:-1], node.kind)
+        else:
+            new = DictSpec((*node.items, ("__extra__", ValueSpec(1))), node.kind)
+    else:
+        new = SeqSpec((*node.items, ValueSpec(1)), node.kind)
+    return _replace_node(spec, path, new)
+
+
+@st.composite
+def _altered_leaf(draw: st.DrawFn, leaf: Spec) -> Spec:
+    if isinstance(leaf, TensorSpec):
+        how = draw(st.sampled_from(["shape", "dtype", "kind"]))
+        if how == "shape":
+            return TensorSpec((*leaf.shape, 2), leaf.dtype, "contiguous", leaf.per_rank)
+        if how == "dtype":
+            dtype = "float64" if leaf.dtype != "float64" else "float32"
+            return TensorSpec(leaf.shape, dtype, leaf.layout, leaf.per_rank)
+        return ValueSpec(0)
+    if isinstance(leaf, (DTensorSpec, ShardedTensorSpec)):
+        t = leaf.tensor
+        return TensorSpec(t.shape, "float64" if t.dtype != "float64" else "float32")
+    return TensorSpec((1,), "float32")
+
+
+def _containers(spec: Spec, path: tuple = ()) -> list[tuple[tuple, Spec]]:
+    out = [(path, spec)] if isinstance(spec, (DictSpec, SeqSpec)) else []
+    if isinstance(spec, DictSpec):
+        for k, c in spec.items:
+            out += _containers(c, (*path, k))
+    elif isinstance(spec, SeqSpec):
+        for i, c in enumerate(spec.items):
+            out += _containers(c, (*path, i))
+    return out
+
+
+def _replace_node(spec: Spec, path: tuple, new: Spec) -> Spec:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(spec, DictSpec):
+        return DictSpec(
+            tuple((k, _replace_node(c, rest, new) if k == head else c) for k, c in spec.items),
+            spec.kind,
+        )
+    assert isinstance(spec, SeqSpec)
+    return SeqSpec(
+        tuple(_replace_node(c, rest, new) if i == head else c for i, c in enumerate(spec.items)),
+        spec.kind,
+    )
+
+
+@st.composite
+def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
+    dest = without_views(sd)
+    if draw(st.integers(0, 3), label="mismatch") == 0:
+        dest = draw(altered(dest))
+    kwargs = _kwargs(non_blocking=draw(st.booleans()), type_check=draw(st.booleans()))
+    return Case("copy_state_dict", ws, draw(SEEDS), sd, other=dest, kwargs=kwargs)
+
+
+@st.composite
+def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    sd = draw(nested_state_dicts(ws), label="state_dict")
+    kwargs = _kwargs(
+        pin_memory=draw(st.sampled_from([False, False, False, True])),
+        share_memory=draw(st.booleans()),
+    )
+    return Case("create_cpu_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
+
+
+@st.composite
+def similarity_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    sd = draw(nested_state_dicts(ws), label="state_dict")
+    other = without_views(sd)
+    if draw(st.booleans(), label="altered"):
+        other = draw(altered(other))
+    return Case("check_state_dict_similarity", ws, draw(SEEDS), sd, other=other)
+
+
+def fill_empty_containers(spec: Spec) -> Spec:
+    """Empty containers replaced by a None leaf (flattening cannot represent them)."""
+    if isinstance(spec, DictSpec):
+        return (
+            DictSpec(tuple((k, fill_empty_containers(c)) for k, c in spec.items), spec.kind)
+            if spec.items
+            else ValueSpec(None)
+        )
+    if isinstance(spec, SeqSpec):
+        return (
+            SeqSpec(tuple(fill_empty_containers(c) for c in spec.items), spec.kind)
+            if spec.items
+            else ValueSpec(None)
+        )
+    return spec
+
+
+@st.composite
+def flatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    sd = draw(nested_state_dicts(ws, allow_unsupported=True), label="state_dict")
+    if draw(st.integers(0, 4), label="dotted collision") == 0 and sd.items:
+        key, child = sd.items[0]
+        if isinstance(child, DictSpec) and child.items:
+            sd = DictSpec((*sd.items, (f"{key}.{child.items[0][0]}", ValueSpec(0))), sd.kind)
+    return Case("flatten_state_dict", ws, draw(SEEDS), sd)
+
+
+def _unique_fqns(spec: Spec) -> bool:
+    fqns = [".".join(map(str, p)) for p, _ in iter_leaves(spec)]
+    return len(fqns) == len(set(fqns))
+
+
+@st.composite
+def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    raw = draw(nested_state_dicts(ws, key_kinds=("str", "int")), label="state_dict")
+    sd = fill_empty_containers(raw)
+    if not isinstance(sd, DictSpec) or not _unique_fqns(sd):
+        sd = DictSpec((("only", TensorSpec((2,), "float32")),))
+    return Case("unflatten_state_dict", ws, draw(SEEDS), sd)
+
+
+@st.composite
+def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    spec = draw(sharded_tensor_specs(ws), label="sharded tensor")
+    return Case("all_gather_sharded_tensor", ws, draw(SEEDS), spec, kwargs=_kwargs(pg=draw(PGS)))
+
+
+@st.composite
+def full_state_dicts(draw: st.DrawFn, world_size: int) -> DictSpec:
+    """A flat full state dict: plain tensors (0-d included, same on every rank) and values."""
+    leaves = st.one_of(
+        tensor_specs(per_rank=False, dtypes=GLOO_DTYPES),
+        st.builds(
+            ValueSpec,
+            st.one_of(
+                st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=3), st.none()
+            ),
+        ),
+    )
+    return draw(flat_state_dict_specs(world_size, leaves=leaves, max_size=5))
+
+
+@st.composite
+def local_for(
+    draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bool = False
+) -> DictSpec:
+    """A local state dict for ``full``: per key missing, a plain tensor, a DTensor of the same
+    global shape and dtype, or a None entry; plus keys that ``full`` lacks."""
+    from strategies.tensors import mesh_shapes
+
+    mesh_shape = draw(mesh_shapes(world_size), label="local mesh")
+    items = []
+    for key, leaf in full.items:
+        if not isinstance(leaf, TensorSpec):
+            if draw(st.booleans()):
+                items.append((key, ValueSpec(0)))
+            continue
+        how = draw(
+            st.sampled_from(["missing", "tensor", "dtensor", "dtensor", "none"]),
+            label=f"local {key}",
+        )
+        plain = TensorSpec(leaf.shape, leaf.dtype)
+        if how == "tensor":
+            items.append((key, plain))
+        elif how == "dtensor":
+            placements = draw(placements_for(plain, mesh_shape, kinds=LOADABLE_PLACEMENTS))
+            items.append((key, DTensorSpec(plain, mesh_shape, placements)))
+        elif how == "none" and not tensors_only:
+            items.append((key, ValueSpec(None)))
+    if draw(st.booleans(), label="extra local key"):
+        items.append(("local_only", TensorSpec((2,), "float32")))
+    return DictSpec(tuple(items))
+
+
+@st.composite
+def broadcast_cases(
+    draw: st.DrawFn, world_sizes: Sequence[int], utility: str = "broadcast_state_dict"
+) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    full = draw(full_state_dicts(ws), label="full_state_dict")
+    local = draw(local_for(full, ws), label="local_state_dict")
+    if utility == "broadcast_state_dict":
+        kwargs = _kwargs(strict=draw(st.booleans()), cpu_offload=draw(st.booleans()), pg=draw(PGS))
+    else:
+        kwargs = _kwargs(pg=draw(PGS))
+    return Case(utility, ws, draw(SEEDS), full, other=local, kwargs=kwargs)
+
+
+@st.composite
+def broadcast_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    full = draw(full_state_dicts(ws), label="full_state_dict")
+    tensor_keys = [k for k, v in full.items if isinstance(v, TensorSpec)]
+    if not tensor_keys:
+        full = DictSpec((*full.items, ("w", TensorSpec((3,), "float32"))))
+        tensor_keys = ["w"]
+    keys = draw(st.lists(st.sampled_from(tensor_keys), min_size=1, unique=True), label="keys")
+    local = draw(local_for(full, ws, tensors_only=True), label="local_state_dict")
+    return Case(
+        "broadcast_tensors",
+        ws,
+        draw(SEEDS),
+        full,
+        other=local,
+        kwargs=_kwargs(keys=tuple(keys), pg=draw(PGS)),
+    )
+
+
+@st.composite
+def distribute_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
+    from strategies.tensors import dtensor_specs, mesh_shapes
+
+    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    mesh_shape = draw(mesh_shapes(ws))
+    names = draw(
+        st.lists(st.sampled_from(["w", "b", "emb", "head"]), min_size=1, unique=True), label="keys"
+    )
+    local = DictSpec(
+        tuple(
+            (n, draw(dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS)))
+            for n in names
+        )
+    )
+    keys = draw(st.lists(st.sampled_from(names), unique=True), label="distributed keys")
+    kwargs = _kwargs(keys=tuple(keys), meta=draw(st.booleans()) or None, pg=draw(PGS))
+    return Case("distribute_tensors", ws, draw(SEEDS), local, kwargs=kwargs)
+
+
+CASES: dict[str, Callable[[Sequence[int]], st.SearchStrategy[Case]]] = {
+    "gather_state_dict": gather_cases,
+    "offload_state_dict_to_cpu": offload_cases,
+    "copy_state_dict": copy_cases,
+    "create_cpu_state_dict": create_cpu_cases,
+    "check_state_dict_similarity": similarity_cases,
+    "distribute_tensors": distribute_tensors_cases,
+    "broadcast_tensors": broadcast_tensors_cases,
+    "broadcast_state_dict": broadcast_cases,
+    "distribute_state_dict": lambda ws: broadcast_cases(ws, utility="distribute_state_dict"),
+    "flatten_state_dict": flatten_cases,
+    "unflatten_state_dict": unflatten_cases,
+    "all_gather_sharded_tensor": all_gather_sharded_cases,
+}
