@@ -21,8 +21,8 @@ from strategies.spec import (
 from strategies.tensors import GLOO_DTYPES, placements_for, sharded_tensor_specs, tensor_specs
 from strategies.trees import flat_state_dict_specs, model_optim_state_dicts, state_dict_specs
 
-# Placements a full tensor can be distributed into (Partial has no "slice of the full").
-LOADABLE_PLACEMENTS = ("shard", "replicate")
+# Placements of local DTensors that loading utilities fill from a full tensor.
+LOADABLE_PLACEMENTS = ("shard", "replicate", "strided_shard", "partial")
 SEEDS = st.integers(0, 2**31 - 1)
 
 
@@ -99,8 +99,10 @@ def altered(draw: st.DrawFn, spec: Spec) -> Spec:
             new = DictSpec(node.items[:-1], node.kind)
         else:
             new = DictSpec((*node.items, ("__extra__", ValueSpec(1))), node.kind)
-    else:
+    elif draw(st.booleans()):
         new = SeqSpec((*node.items, ValueSpec(1)), node.kind)
+    else:  # same items, other category: list <-> tuple
+        new = SeqSpec(node.items, "tuple" if node.kind == "list" else "list")
     return _replace_node(spec, path, new)
 
 
@@ -114,8 +116,14 @@ def _altered_leaf(draw: st.DrawFn, leaf: Spec) -> Spec:
             dtype = "float64" if leaf.dtype != "float64" else "float32"
             return TensorSpec(leaf.shape, dtype, leaf.layout, leaf.per_rank)
         return ValueSpec(0)
+    if isinstance(leaf, DTensorSpec) and draw(st.booleans()):
+        # same global tensor, other placements: the local shape may differ on some ranks only
+        placements = draw(placements_for(leaf.tensor, leaf.mesh_shape))
+        return DTensorSpec(leaf.tensor, leaf.mesh_shape, placements)
     if isinstance(leaf, (DTensorSpec, ShardedTensorSpec)):
         t = leaf.tensor
+        if draw(st.booleans()):
+            return TensorSpec(t.shape, t.dtype)  # same shape and dtype, plain kind
         return TensorSpec(t.shape, "float64" if t.dtype != "float64" else "float32")
     return TensorSpec((1,), "float32")
 

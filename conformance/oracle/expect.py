@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from conformance.case import Case
+from conformance.materialise import sharded_chunks
 from conformance.observation import (
     ANY,
     Container,
@@ -142,10 +143,45 @@ def _dropped(spec: Spec) -> Any:
 # ------------------------------------------------------------------------------ copy / create / similar
 
 
-def structure_mismatch(source: Spec, dest: Spec, path: Path = ()) -> Path | None:
-    """The first path (tree order of ``source``) where ``dest`` cannot receive ``source``."""
-    if isinstance(source, (DictSpec, SeqSpec)):
-        if type(source) is not type(dest):
+def category(spec: Spec) -> str | None:
+    """Container category: dict, list or tuple (namedtuples included); None for a leaf."""
+    if isinstance(spec, DictSpec):
+        return "dict"
+    if isinstance(spec, SeqSpec):
+        return "list" if spec.kind == "list" else "tuple"
+    return None
+
+
+def _tensor_facts(leaf: Leaf, rank: int, world_size: int, local: bool) -> tuple:
+    """Kind, global shape and dtype of a tensor leaf, plus what it holds on ``rank`` if ``local``."""
+    tensor = leaf if isinstance(leaf, TensorSpec) else leaf.tensor
+    facts: tuple = (type(leaf).__name__, tensor.shape, tensor.dtype)
+    if local and isinstance(leaf, DTensorSpec):
+        zeros = torch.zeros(tensor.shape)
+        parts = split_over_mesh(
+            zeros, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0)
+        )
+        facts += (tuple(parts[coordinate_of(rank, leaf.mesh_shape)].shape),)
+    if local and isinstance(leaf, ShardedTensorSpec):
+        facts += (
+            frozenset(
+                (leaf.dim, start, n)
+                for owner, start, n in sharded_chunks(leaf, world_size)
+                if owner == rank
+            ),
+        )
+    return facts
+
+
+def pair_mismatch(
+    source: Spec, dest: Spec, rank: int, world_size: int, local: bool, path: Path = ()
+) -> Path | None:
+    """The first path (depth-first in ``source``'s order) where the two trees do not pair:
+    containers of the same category with the same key set / length, tensor leaves of the same
+    kind, global shape and dtype (and, if ``local``, the same local shape or shards on ``rank``),
+    any non-tensor leaf with any non-tensor leaf."""
+    if category(source) or category(dest):
+        if category(source) != category(dest):
             return path
         if isinstance(source, DictSpec):
             dest_items = dict(dest.items)
@@ -159,35 +195,19 @@ def structure_mismatch(source: Spec, dest: Spec, path: Path = ()) -> Path | None
                 (i, c, d) for i, (c, d) in enumerate(zip(source.items, dest.items, strict=True))
             ]
         for key, child, other in pairs:
-            found = structure_mismatch(child, other, (*path, key))
+            found = pair_mismatch(child, other, rank, world_size, local, (*path, key))
             if found is not None:
                 return found
         return None
-    if isinstance(source, TENSOR_SPECS) or isinstance(dest, TENSOR_SPECS):
-        if type(source) is not type(dest):
-            return path
-        if (
-            source.tensor.shape != dest.tensor.shape
-            if not isinstance(source, TensorSpec)
-            else source.shape != dest.shape
-        ):
-            return path
-        src_dtype = source.dtype if isinstance(source, TensorSpec) else source.tensor.dtype
-        dst_dtype = dest.dtype if isinstance(dest, TensorSpec) else dest.tensor.dtype
-        if src_dtype != dst_dtype:
-            return path
-        if isinstance(source, DTensorSpec) and (source.mesh_shape, source.placements) != (
-            dest.mesh_shape,
-            dest.placements,
-        ):
-            return path
-        if isinstance(source, ShardedTensorSpec) and (source.dim, source.rank_order) != (
-            dest.dim,
-            dest.rank_order,
-        ):
-            return path
-        return None
-    if isinstance(dest, (DictSpec, SeqSpec)):
+    source_is_tensor, dest_is_tensor = (
+        isinstance(source, TENSOR_SPECS),
+        isinstance(dest, TENSOR_SPECS),
+    )
+    if source_is_tensor != dest_is_tensor:
+        return path
+    if source_is_tensor and _tensor_facts(source, rank, world_size, local) != _tensor_facts(
+        dest, rank, world_size, local
+    ):
         return path
     return None
 
@@ -199,7 +219,7 @@ def _copy(case: Case, rank: int) -> Outcome:
     error = type_check_error(case.state_dict, case)
     if error is not None:
         return Outcome(error, untouched)
-    mismatch = structure_mismatch(case.state_dict, case.other)
+    mismatch = pair_mismatch(case.state_dict, case.other, rank, case.world_size, local=True)
     if mismatch is not None:
         return Outcome(RaisedObs("ValueError", format_path(mismatch, "")), untouched)
     dest_leaves = dict(iter_leaves(case.other))
@@ -244,46 +264,34 @@ def _create_cpu(case: Case, rank: int) -> Outcome:
     return Outcome(map_spec(case.state_dict, leaf), untouched)
 
 
-def similar(a: Spec, b: Spec) -> bool:
-    """Same structure (container kinds, keys as sets, lengths, tensor-vs-non-tensor) and, for
-    every pair of tensor leaves of any kind, the same global shape and dtype."""
-    if isinstance(a, DictSpec) or isinstance(b, DictSpec):
-        if not (isinstance(a, DictSpec) and isinstance(b, DictSpec)):
-            return False
-        items_b = dict(b.items)
-        if set(items_b) != {k for k, _ in a.items}:
-            return False
-        return all(similar(c, items_b[k]) for k, c in a.items)
-    if isinstance(a, SeqSpec) or isinstance(b, SeqSpec):
-        if not (isinstance(a, SeqSpec) and isinstance(b, SeqSpec)) or len(a.items) != len(b.items):
-            return False
-        return all(similar(x, y) for x, y in zip(a.items, b.items, strict=True))
-    a_tensor, b_tensor = isinstance(a, TENSOR_SPECS), isinstance(b, TENSOR_SPECS)
-    if a_tensor != b_tensor:
-        return False
-    if not a_tensor:
-        return True
-    ta = a if isinstance(a, TensorSpec) else a.tensor
-    tb = b if isinstance(b, TensorSpec) else b.tensor
-    return ta.shape == tb.shape and ta.dtype == tb.dtype
-
-
 def _similarity(case: Case, rank: int) -> Outcome:
     first = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
     second = RankInputs(case.other, case.seed + 1, rank, case.world_size, "compared_state_dict")
     untouched = {ROOT: first.observe_all(), "compared_state_dict": second.observe_all()}
-    return Outcome(ValueObs("bool", similar(case.state_dict, case.other)), untouched)
+    similar = pair_mismatch(case.state_dict, case.other, rank, case.world_size, local=False) is None
+    return Outcome(ValueObs("bool", similar), untouched)
 
 
 # ------------------------------------------------------------------------------ loading full state
 
 
 def _shard_of(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tensor:
-    """This rank's local tensor of ``full`` under the leaf's (Shard/Replicate) placements."""
-    parts = split_over_mesh(
-        full, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0)
-    )
-    return parts[coordinate_of(rank, leaf.mesh_shape)]
+    """The piece of ``full`` a rank's DTensor holds after loading (CONTRACT, *DTensor pieces*):
+    sharding dims as the placement models split; a Partial dim reduces back to ``full``
+    exactly (sum: coordinate 0 holds it, the others zeros; product: ones; else all hold it)."""
+    coord = coordinate_of(rank, leaf.mesh_shape)
+    piece = full
+    for index, (n, placement) in enumerate(zip(leaf.mesh_shape, leaf.placements, strict=True)):
+        if placement.kind == "partial":
+            op = placement.param("reduce_op")
+            if coord[index] != 0 and op == "sum":
+                piece = torch.zeros_like(piece)
+            elif coord[index] != 0 and op == "product":
+                piece = torch.ones_like(piece)
+            continue
+        parts = split_over_mesh(piece, (n,), (placement,), torch.Generator().manual_seed(0))
+        piece = parts[(coord[index],)]
+    return piece.contiguous()
 
 
 def _load(case: Case, rank: int, strict: bool) -> Outcome:
