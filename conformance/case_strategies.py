@@ -352,3 +352,20 @@ CASES: dict[str, Callable[[Sequence[int]], st.SearchStrategy[Case]]] = {
     "unflatten_state_dict": unflatten_cases,
     "all_gather_sharded_tensor": all_gather_sharded_cases,
 }
+
+
+def _law(utility_cases: Callable[[Sequence[int]], st.SearchStrategy[Case]], law: str) -> Callable:
+    def cases(world_sizes: Sequence[int]) -> st.SearchStrategy[Case]:
+        return utility_cases(world_sizes).map(
+            lambda c: Case(f"law:{law}", c.world_size, c.seed, c.state_dict, c.other)
+        )
+
+    return cases
+
+
+LAW_CASES: dict[str, Callable[[Sequence[int]], st.SearchStrategy[Case]]] = {
+    "law:offload_after_gather": _law(offload_cases, "offload_after_gather"),
+    "law:copy_into_cpu_copy": _law(create_cpu_cases, "copy_into_cpu_copy"),
+    "law:flatten_roundtrip": _law(unflatten_cases, "flatten_roundtrip"),
+    "law:broadcast_is_distribute": _law(broadcast_cases, "broadcast_is_distribute"),
+}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from conformance.case import Case, replay_command
 from conformance.compare import compare_outcomes
 from conformance.divergences import Divergences
+from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, open_facts, run_law
 from conformance.observation import Outcome, RaisedObs
 from conformance.oracle import expected_outcomes
 from conformance.runner import first_root, run_case
@@ -68,17 +69,38 @@ def observe_case(world: World, case: Case, target: str) -> list[Outcome]:
 def check_case(
     world: World, case: Case, target: str, divergences: Divergences | None = None
 ) -> CaseReport:
-    """Run ``case`` and compare every rank with the oracle; known divergences excuse only
-    the difference lines they match."""
-    observed = observe_case(world, case, target)
-    expected = expected_outcomes(case)
-    root = first_root(case)
-    diffs = [
-        d
-        for rank in range(case.world_size)
-        for d in compare_outcomes(expected[rank], observed[rank], rank, root)
-    ]
+    """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
+    two sides with each other); known divergences excuse only the difference lines they match."""
+    if case.utility.startswith(LAW_PREFIX):
+        diffs = law_differences(world, case, target)
+    else:
+        observed = observe_case(world, case, target)
+        expected = expected_outcomes(case)
+        root = first_root(case)
+        diffs = [
+            d
+            for r in range(case.world_size)
+            for d in compare_outcomes(expected[r], observed[r], r, root)
+        ]
     report = CaseReport(case, target, diffs)
     if divergences is not None and diffs:
         report.diffs, report.excused = divergences.excuse(case, diffs)
     return report
+
+
+def law_differences(world: World, case: Case, target: str) -> list[str]:
+    """Where the two sides of a cross-utility law disagree, rank by rank."""
+    law = case.utility.removeprefix(LAW_PREFIX)
+    try:
+        outcomes: list[Outcome] = world.run(run_law, case, law, target)
+    except JobFailed as exc:
+        return [f"{case.utility}: {exc}"]
+    diffs: list[str] = []
+    for rank, outcome in enumerate(outcomes):
+        reference = outcome.mutated["reference"]
+        if reference is None:  # the oracle is the reference side
+            reference = expected_outcomes(case, ORACLE_OF_LAW[law])[rank].result
+        diffs += compare_outcomes(
+            Outcome(open_facts(reference)), Outcome(outcome.result), rank, case.utility
+        )
+    return diffs

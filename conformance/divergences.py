@@ -7,10 +7,11 @@ A divergence file (TOML, kept by the target's owner) lists entries::
     utility = "gather_state_dict"            # or a list of utilities
     reason = "torch rebuilds every tuple subclass as a plain tuple"
     match = "container is tuple, expected namedtuple:"   # regex over one difference line
+    scope = "sharded_tensor_not_dim0_in_rank_order"    # optional: a predicate of conformance.scopes
     replay = "sdc1:..."                      # a minimal case that shows it
 
-An entry excuses exactly the difference lines of its utilities that its ``match`` regex finds;
-any other line of the same case still fails it. Entries that never matched in a run, or whose
+An entry excuses exactly the difference lines of its utilities that its ``match`` regex finds,
+in cases its ``scope`` (if any) selects; any other line of the same case still fails it. Entries that never matched in a run, or whose
 replay case no longer diverges, are reported.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.case import Case
+from conformance.scopes import SCOPES
 
 SHIPPED = Path(__file__).parent / "known_divergences"
 
@@ -37,9 +39,12 @@ class Divergence:
     reason: str
     match: re.Pattern[str]
     replay: str
+    scope: str | None = None
 
     def applies(self, case: Case, line: str) -> bool:
-        return case.utility in self.utilities and self.match.search(line) is not None
+        if case.utility not in self.utilities or self.match.search(line) is None:
+            return False
+        return self.scope is None or SCOPES[self.scope](case)
 
 
 @dataclass
@@ -94,8 +99,14 @@ def load_divergences(name: str | None) -> Divergences:
                     reason=raw["reason"],
                     match=re.compile(raw["match"]),
                     replay=raw["replay"],
+                    scope=raw.get("scope"),
                 )
             )
+            if raw.get("scope") is not None and raw["scope"] not in SCOPES:
+                known = ", ".join(sorted(SCOPES))
+                raise DivergenceFileError(
+                    f"{path}: entry {raw['id']} names unknown scope {raw['scope']!r}; known: {known}"
+                )
         except KeyError as exc:
             raise DivergenceFileError(
                 f"{path}: entry {i + 1} lacks the field {exc.args[0]!r}"

@@ -16,6 +16,10 @@ from conformance.observation import ANY, Container, Observer, Outcome, RaisedObs
 from conformance.runner import FULL_ROOT, ROOT, CallContext
 from conformance.targets import load_target
 
+LAW_PREFIX = "law:"
+# Laws whose reference side is the oracle's expectation for this utility.
+ORACLE_OF_LAW = {"flatten_roundtrip": "unflatten_state_dict"}
+
 LAWS: dict[str, tuple[str, ...]] = {
     # law name -> the utilities it involves
     "offload_after_gather": ("gather_state_dict", "offload_state_dict_to_cpu"),

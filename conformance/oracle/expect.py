@@ -76,9 +76,9 @@ def type_check_error(spec: Spec, case: Case) -> RaisedObs | None:
     return RaisedObs("ValueError", format_path(path, ""))
 
 
-def expected_outcomes(case: Case) -> list[Outcome]:
-    """Every rank's expected outcome, rank by rank."""
-    expect = EXPECTATIONS[case.utility]
+def expected_outcomes(case: Case, utility: str | None = None) -> list[Outcome]:
+    """Every rank's expected outcome of ``case`` (as a call of ``utility``, default the case's)."""
+    expect = EXPECTATIONS[utility or case.utility]
     return [expect(case, rank) for rank in range(case.world_size)]
 
 

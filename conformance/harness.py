@@ -1,0 +1,106 @@
+"""The harness a conformance run uses: settings, target, known divergences, worlds."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from conformance.case import Case
+from conformance.check import CaseReport, check_case, observe_case
+from conformance.divergences import SHIPPED, Divergences, load_divergences
+from conformance.targets import Target, load_target
+from conformance.world import World
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    target: str = "impl"
+    expected: str | None = None  # None: the shipped file named like the target, if any
+    world_sizes: tuple[int, ...] = (2,)
+    backend: str = "gloo"
+    case_timeout: float = 30.0
+    profile: str = "dev"
+    max_examples: int | None = None
+
+    @property
+    def expected_name(self) -> str:
+        if self.expected is not None:
+            return self.expected
+        return self.target if (SHIPPED / f"{self.target}.toml").exists() else "none"
+
+    def header_lines(self) -> list[str]:
+        import hypothesis
+        import torch
+
+        try:
+            target = load_target(self.target)
+            where = f"{target.module_path} ({target.file})"
+            missing = target.missing()
+        except Exception as exc:
+            where, missing = f"UNUSABLE: {exc}", []
+        lines = [
+            f"state-dict-conformance: target {self.target} = {where}",
+            f"  torch {torch.__version__}, hypothesis {hypothesis.__version__}, python {platform.python_version()}",
+            f"  world sizes {','.join(map(str, self.world_sizes))}, backend {self.backend}, "
+            f"case timeout {self.case_timeout:g}s, profile {self.profile}"
+            + (f", max examples {self.max_examples}" if self.max_examples else ""),
+            f"  known divergences: {self.expected_name}",
+        ]
+        if missing:
+            lines.append(f"  target lacks: {', '.join(missing)} (their properties are skipped)")
+        return lines
+
+
+_active: HarnessConfig | None = None
+
+
+def set_active_config(config: HarnessConfig) -> None:
+    global _active
+    _active = config
+
+
+def active_config() -> HarnessConfig:
+    """The settings of the running suite (defaults outside pytest)."""
+    return _active or HarnessConfig()
+
+
+class Harness:
+    """Runs cases of one target on cached worlds and judges them against the oracle."""
+
+    def __init__(self, config: HarnessConfig) -> None:
+        self.config = config
+        self.target: Target = load_target(config.target)
+        self.divergences: Divergences = load_divergences(config.expected_name)
+        self._worlds: dict[int, World] = {}
+        self.cases_run = 0
+
+    def world(self, size: int) -> World:
+        if size not in self._worlds:
+            world = World(size, self.config.backend, job_timeout=self.config.case_timeout)
+            world.start()
+            self._worlds[size] = world
+        return self._worlds[size]
+
+    def close(self) -> None:
+        for world in self._worlds.values():
+            world.close()
+        self._worlds.clear()
+
+    def supports(self, *utilities: str) -> str | None:
+        """None when the target has every utility, else a skip reason."""
+        from conformance.laws import LAW_PREFIX, LAWS
+
+        needed = [n for u in utilities for n in LAWS.get(u.removeprefix(LAW_PREFIX), (u,))]
+        missing = sorted({u for u in needed if self.target.function(u) is None})
+        return f"target {self.config.target} lacks {', '.join(missing)}" if missing else None
+
+    def check(self, case: Case, excuse: bool = True) -> CaseReport:
+        """Judge one case; with ``excuse`` the known divergences excuse what they match."""
+        self.cases_run += 1
+        divergences = self.divergences if excuse else None
+        return check_case(self.world(case.world_size), case, self.config.target, divergences)
+
+    def observe(self, case: Case) -> list[Any]:
+        self.cases_run += 1
+        return observe_case(self.world(case.world_size), case, self.config.target)

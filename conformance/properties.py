@@ -1,0 +1,59 @@
+"""Building blocks of the property suite: deferred case strategies and the assertion."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+
+from conformance.case import Case
+from conformance.case_strategies import CASES, LAW_CASES
+from conformance.harness import Harness, active_config
+from strategies.spec import DictSpec, UnsupportedSpec
+
+
+def cases_for(utility: str, **fixed: Any) -> st.SearchStrategy[Case]:
+    """Cases of ``utility`` on the configured world sizes, with ``fixed`` keyword arguments
+    forced (a value of ``None`` removes the argument)."""
+
+    def build() -> st.SearchStrategy[Case]:
+        sizes = active_config().world_sizes
+        strategy = (
+            LAW_CASES[utility](sizes) if utility.startswith("law:") else CASES[utility](sizes)
+        )
+        return strategy.map(lambda case: with_kwargs(case, **fixed)) if fixed else strategy
+
+    return st.deferred(build)
+
+
+def with_kwargs(case: Case, **fixed: Any) -> Case:
+    kwargs = dict(case.kwargs)
+    for name, value in fixed.items():
+        if value is None:
+            kwargs.pop(name, None)
+        else:
+            kwargs[name] = value
+    return replace(case, kwargs=tuple(kwargs.items()))
+
+
+def with_unsupported_leaf(case: Case) -> Case:
+    """``case`` with an unsupported object appended to the root dict."""
+    root = case.state_dict
+    assert isinstance(root, DictSpec)
+    return replace(
+        case,
+        state_dict=DictSpec((*root.items, ("__unsupported__", UnsupportedSpec("set"))), root.kind),
+    )
+
+
+def assert_conforms(harness: Harness, case: Case) -> None:
+    """Fail with every rank's first differences and a replay command unless ``case`` conforms."""
+    __tracebackhide__ = True
+    reason = harness.supports(case.utility)
+    if reason:
+        pytest.skip(reason)
+    report = harness.check(case)
+    if not report.passed:
+        raise AssertionError(report.failure_message())

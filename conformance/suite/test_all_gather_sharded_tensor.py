@@ -1,0 +1,15 @@
+"""Properties of all_gather_sharded_tensor: the full tensor from any chunk layout."""
+
+from hypothesis import given
+
+from conformance.properties import assert_conforms, cases_for
+
+
+@given(case=cases_for("all_gather_sharded_tensor"))
+def test_all_gather_sharded_tensor(harness, case):
+    assert_conforms(harness, case)
+
+
+@given(case=cases_for("all_gather_sharded_tensor", pg="world"))
+def test_all_gather_sharded_tensor_pg(harness, case):
+    assert_conforms(harness, case)
