@@ -76,8 +76,7 @@ class Case:
                 seed=int(obj["seed"]),
                 backend=obj.get("backend", "gloo"),
                 kwargs=tuple(
-                    (k, tuple(v) if isinstance(v, list) else v)
-                    for k, v in obj.get("kwargs", {}).items()
+                    (k, tuple(v) if isinstance(v, list) else v) for k, v in obj.get("kwargs", {}).items()
                 ),
                 state_dict=spec_from_json(obj["state_dict"]),
                 other=None if obj.get("other") is None else spec_from_json(obj["other"]),

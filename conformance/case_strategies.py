@@ -27,9 +27,7 @@ SEEDS = st.integers(0, 2**31 - 1)
 
 
 @st.composite
-def nested_state_dicts(
-    draw: st.DrawFn, world_size: int, allow_unsupported: bool = False, **kw
-) -> Spec:
+def nested_state_dicts(draw: st.DrawFn, world_size: int, allow_unsupported: bool = False, **kw) -> Spec:
     """Arbitrary trees most of the time, realistic model+optimizer state dicts otherwise."""
     if draw(st.integers(0, 3), label="realistic") == 0:
         return draw(model_optim_state_dicts(world_size))
@@ -87,9 +85,7 @@ def altered(draw: st.DrawFn, spec: Spec) -> Spec:
     kind, a key dropped or added, a sequence made longer."""
     leaves = [(p, leaf) for p, leaf in iter_leaves(spec) if p]
     containers = _containers(spec)
-    choice = draw(
-        st.sampled_from(["leaf", "container"] if leaves else ["container"]), label="alteration"
-    )
+    choice = draw(st.sampled_from(["leaf", "container"] if leaves else ["container"]), label="alteration")
     if choice == "leaf":
         path, leaf = draw(st.sampled_from(leaves), label="altered leaf")
         return replace_leaves(spec, {path: draw(_altered_leaf(leaf))})
@@ -244,18 +240,14 @@ def full_state_dicts(draw: st.DrawFn, world_size: int) -> DictSpec:
         tensor_specs(per_rank=False, dtypes=GLOO_DTYPES),
         st.builds(
             ValueSpec,
-            st.one_of(
-                st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=3), st.none()
-            ),
+            st.one_of(st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=3), st.none()),
         ),
     )
     return draw(flat_state_dict_specs(world_size, leaves=leaves, max_size=5))
 
 
 @st.composite
-def local_for(
-    draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bool = False
-) -> DictSpec:
+def local_for(draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bool = False) -> DictSpec:
     """A local state dict for ``full``: per key missing, a plain tensor, a DTensor of the same
     global shape and dtype, or a None entry; plus keys that ``full`` lacks."""
     from strategies.tensors import mesh_shapes
@@ -324,14 +316,9 @@ def distribute_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Cas
 
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     mesh_shape = draw(mesh_shapes(ws))
-    names = draw(
-        st.lists(st.sampled_from(["w", "b", "emb", "head"]), min_size=1, unique=True), label="keys"
-    )
+    names = draw(st.lists(st.sampled_from(["w", "b", "emb", "head"]), min_size=1, unique=True), label="keys")
     local = DictSpec(
-        tuple(
-            (n, draw(dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS)))
-            for n in names
-        )
+        tuple((n, draw(dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS))) for n in names)
     )
     keys = draw(st.lists(st.sampled_from(names), unique=True), label="distributed keys")
     kwargs = _kwargs(keys=tuple(keys), meta=draw(st.booleans()) or None, pg=draw(PGS))

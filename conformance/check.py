@@ -66,9 +66,7 @@ def observe_case(world: World, case: Case, target: str) -> list[Outcome]:
         return outcomes
 
 
-def check_case(
-    world: World, case: Case, target: str, divergences: Divergences | None = None
-) -> CaseReport:
+def check_case(world: World, case: Case, target: str, divergences: Divergences | None = None) -> CaseReport:
     """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
     two sides with each other); known divergences excuse only the difference lines they match."""
     if case.utility.startswith(LAW_PREFIX):
@@ -78,9 +76,7 @@ def check_case(
         expected = expected_outcomes(case)
         root = first_root(case)
         diffs = [
-            d
-            for r in range(case.world_size)
-            for d in compare_outcomes(expected[r], observed[r], r, root)
+            d for r in range(case.world_size) for d in compare_outcomes(expected[r], observed[r], r, root)
         ]
     report = CaseReport(case, target, diffs)
     if divergences is not None and diffs:
@@ -100,7 +96,5 @@ def law_differences(world: World, case: Case, target: str) -> list[str]:
         reference = outcome.mutated["reference"]
         if reference is None:  # the oracle is the reference side
             reference = expected_outcomes(case, ORACLE_OF_LAW[law])[rank].result
-        diffs += compare_outcomes(
-            Outcome(open_facts(reference)), Outcome(outcome.result), rank, case.utility
-        )
+        diffs += compare_outcomes(Outcome(open_facts(reference)), Outcome(outcome.result), rank, case.utility)
     return diffs

@@ -26,9 +26,7 @@ def format_key(key: Any) -> str:
     return f"[{key!r}]"
 
 
-def compare_outcomes(
-    expected: Outcome, observed: Outcome, rank: int, root: str = "state_dict"
-) -> list[str]:
+def compare_outcomes(expected: Outcome, observed: Outcome, rank: int, root: str = "state_dict") -> list[str]:
     """Every difference between two outcomes of one rank, one line each."""
     diffs: list[str] = []
     _compare(expected.result, observed.result, f"rank {rank}, {root}", "", diffs)
@@ -63,9 +61,7 @@ def _compare(expected: Any, observed: Any, where: str, path: str, diffs: list[st
     elif isinstance(expected, TensorObs):
         _compare_tensor(expected, observed, here, diffs)
     elif isinstance(expected, ValueObs):
-        if expected.type_name != observed.type_name or not _same_value(
-            expected.value, observed.value
-        ):
+        if expected.type_name != observed.type_name or not _same_value(expected.value, observed.value):
             diffs.append(f"{here}: value is {_summary(observed)}, expected {_summary(expected)}")
 
 
@@ -110,9 +106,7 @@ def _compare_tensor(expected: TensorObs, observed: TensorObs, here: str, diffs: 
             continue
         if name == "stride" and same_layout(observed.local_shape, want, got):
             continue
-        diffs.append(
-            f"{here}: {_fact_label(name)} is {_show(name, got)}, expected {_show(name, want)}"
-        )
+        diffs.append(f"{here}: {_fact_label(name)} is {_show(name, got)}, expected {_show(name, want)}")
     if expected.data is None or expected.data is ANY:
         return
     if observed.data is None:
@@ -144,9 +138,7 @@ def tensor_mismatch(
     if expected.numel() == 0:
         return ""
     if tolerance is not None and (expected.is_floating_point() or expected.is_complex()):
-        close = torch.isclose(
-            observed, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True
-        )
+        close = torch.isclose(observed, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
     else:
         close = _bitwise_equal(expected, observed)
     if bool(close.all()):
@@ -163,9 +155,7 @@ def _bitwise_equal(expected: torch.Tensor, observed: torch.Tensor) -> torch.Tens
     if expected.is_complex():
         return _bitwise_equal(torch.view_as_real(expected), torch.view_as_real(observed)).all(-1)
     if expected.is_floating_point():
-        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[
-            expected.element_size()
-        ]
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[expected.element_size()]
         e, o = expected.contiguous().view(width), observed.contiguous().view(width)
         nan_both = torch.isnan(expected) & torch.isnan(observed)
         return (e == o) | nan_both

@@ -85,9 +85,7 @@ def load_divergences(name: str | None) -> Divergences:
             f"cannot read known-divergence file {name!r} ({exc.strerror}); use a path or one of: {shipped}, none"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise DivergenceFileError(
-            f"known-divergence file {path} is not valid TOML: {exc}"
-        ) from None
+        raise DivergenceFileError(f"known-divergence file {path} is not valid TOML: {exc}") from None
     entries = []
     for i, raw in enumerate(data.get("divergence", [])):
         try:
@@ -108,9 +106,7 @@ def load_divergences(name: str | None) -> Divergences:
                     f"{path}: entry {raw['id']} names unknown scope {raw['scope']!r}; known: {known}"
                 )
         except KeyError as exc:
-            raise DivergenceFileError(
-                f"{path}: entry {i + 1} lacks the field {exc.args[0]!r}"
-            ) from None
+            raise DivergenceFileError(f"{path}: entry {i + 1} lacks the field {exc.args[0]!r}") from None
         except re.error as exc:
             raise DivergenceFileError(
                 f"{path}: entry {raw.get('id', i + 1)} has a bad match regex: {exc}"

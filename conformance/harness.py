@@ -22,6 +22,8 @@ class HarnessConfig:
     case_timeout: float = 30.0
     profile: str = "dev"
     max_examples: int | None = None
+    placements: tuple[str, ...] = ()  # user placement models, "module:Model"
+    only: tuple[str, ...] = ()  # restrict the suite to these utilities (and laws among them)
 
     @property
     def expected_name(self) -> str:
@@ -47,9 +49,21 @@ class HarnessConfig:
             + (f", max examples {self.max_examples}" if self.max_examples else ""),
             f"  known divergences: {self.expected_name}",
         ]
+        if self.placements:
+            lines.append(f"  user placements: {', '.join(self.placements)}")
+        if self.only:
+            lines.append(f"  only: {', '.join(self.only)}")
         if missing:
             lines.append(f"  target lacks: {', '.join(missing)} (their properties are skipped)")
         return lines
+
+
+def register_placements(references: tuple[str, ...]) -> None:
+    """Load user placement models ("module:Model") into this process's registry."""
+    from strategies.placements import load_placement
+
+    for reference in references:
+        load_placement(reference)
 
 
 _active: HarnessConfig | None = None
@@ -72,12 +86,14 @@ class Harness:
         self.config = config
         self.target: Target = load_target(config.target)
         self.divergences: Divergences = load_divergences(config.expected_name)
+        register_placements(config.placements)
         self._worlds: dict[int, World] = {}
-        self.cases_run = 0
+        self.cases_by_utility: dict[str, int] = {}
 
     def world(self, size: int) -> World:
         if size not in self._worlds:
-            world = World(size, self.config.backend, job_timeout=self.config.case_timeout)
+            setup = ((register_placements, (self.config.placements,)),) if self.config.placements else ()
+            world = World(size, self.config.backend, job_timeout=self.config.case_timeout, setup=setup)
             world.start()
             self._worlds[size] = world
         return self._worlds[size]
@@ -97,10 +113,13 @@ class Harness:
 
     def check(self, case: Case, excuse: bool = True) -> CaseReport:
         """Judge one case; with ``excuse`` the known divergences excuse what they match."""
-        self.cases_run += 1
+        self.cases_by_utility[case.utility] = self.cases_by_utility.get(case.utility, 0) + 1
         divergences = self.divergences if excuse else None
         return check_case(self.world(case.world_size), case, self.config.target, divergences)
 
+    @property
+    def cases_run(self) -> int:
+        return sum(self.cases_by_utility.values())
+
     def observe(self, case: Case) -> list[Any]:
-        self.cases_run += 1
         return observe_case(self.world(case.world_size), case, self.config.target)

@@ -74,9 +74,7 @@ def global_tensor(leaf: DTensorSpec | ShardedTensorSpec, seed: int, path: Path) 
 def dtensor_locals(leaf: DTensorSpec, seed: int, path: Path) -> dict[tuple[int, ...], torch.Tensor]:
     """What every mesh coordinate holds locally for a DTensor leaf."""
     generator = torch.Generator().manual_seed(stable_seed(seed, path, "split"))
-    return split_over_mesh(
-        global_tensor(leaf, seed, path), leaf.mesh_shape, leaf.placements, generator
-    )
+    return split_over_mesh(global_tensor(leaf, seed, path), leaf.mesh_shape, leaf.placements, generator)
 
 
 def sharded_chunks(leaf: ShardedTensorSpec, world_size: int) -> list[tuple[int, int, int]]:
@@ -122,9 +120,7 @@ class Builder:
         # reused by an output and pass for aliasing.
         self.keepalive.append(tensor)
         if tensor.numel() and tensor.device.type != "meta":
-            self.storages.setdefault(
-                tensor.untyped_storage().data_ptr(), format_path(path, self.root)
-            )
+            self.storages.setdefault(tensor.untyped_storage().data_ptr(), format_path(path, self.root))
 
     def _build(self, spec: Spec, path: Path) -> Any:
         if isinstance(spec, DictSpec):
@@ -159,9 +155,7 @@ class Builder:
         from torch.distributed.tensor import DTensor
 
         coord = coordinate_of(self.rank, spec.mesh_shape)
-        local = dtensor_locals(spec, self.seed, path)[coord].clone(
-            memory_format=torch.contiguous_format
-        )
+        local = dtensor_locals(spec, self.seed, path)[coord].clone(memory_format=torch.contiguous_format)
         local = local.to(self.device)
         if self.meta_dtensors:
             local = local.to("meta")
@@ -195,9 +189,7 @@ class Builder:
             meta = ShardMetadata(offsets, sizes, f"rank:{owner}/{self.device}")
             metadata.append(meta)
             if owner == self.rank:
-                data = full.narrow(spec.dim, start, length).clone(
-                    memory_format=torch.contiguous_format
-                )
+                data = full.narrow(spec.dim, start, length).clone(memory_format=torch.contiguous_format)
                 data = data.to(self.device)
                 self._remember(data, path)
                 local_shards.append(Shard(data, meta))

@@ -39,9 +39,7 @@ class TensorObs:
     device_type: str
     dtype: str
     shape: tuple[int, ...]  # global shape for DTensor / ShardedTensor
-    data: (
-        torch.Tensor | None
-    )  # local data on CPU (for ShardedTensor: local shards concatenated flat)
+    data: torch.Tensor | None  # local data on CPU (for ShardedTensor: local shards concatenated flat)
     stride: tuple[int, ...] | Any = ANY  # of the local data
     local_shape: tuple[int, ...] | Any = ANY  # of the local data (ShardedTensor: flat total)
     placements: tuple[str, ...] | None = None
@@ -157,9 +155,7 @@ class Observer:
             )
         if isinstance(value, dict):
             keys = tuple(value.keys())
-            return Container(
-                container_kind(value), keys, tuple(self.observe(value[k]) for k in keys)
-            )
+            return Container(container_kind(value), keys, tuple(self.observe(value[k]) for k in keys))
         if isinstance(value, (list, tuple)):
             return Container(
                 container_kind(value),

@@ -5,7 +5,8 @@ variables (option wins): ``--target`` / ``SDC_TARGET`` (default ``impl``), ``--e
 ``SDC_EXPECTED`` (known-divergence file; default: the shipped one named like the target, if
 any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2``), ``--backend`` / ``SDC_BACKEND``
 (``gloo``), ``--case-timeout`` / ``SDC_CASE_TIMEOUT`` (30 s), ``--sdc-profile`` /
-``SDC_PROFILE`` (``dev``), ``--max-examples`` / ``SDC_MAX_EXAMPLES``.
+``SDC_PROFILE`` (``dev``), ``--max-examples`` / ``SDC_MAX_EXAMPLES``, ``--placement`` /
+``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities).
 """
 
 from __future__ import annotations
@@ -15,104 +16,99 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from conformance.harness import Harness, HarnessConfig, set_active_config
+from conformance.targets import UTILITIES
 from conformance.world import MAX_WORLD_SIZE
 
 PROFILES = ("dev", "ci", "fuzz")
-_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("dev", max_examples=20, deadline=None, suppress_health_check=_SUPPRESSED)
-settings.register_profile(
-    "ci",
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=_SUPPRESSED,
-)
-settings.register_profile(
-    "fuzz", max_examples=2000, deadline=None, suppress_health_check=_SUPPRESSED
-)
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    # the failure message carries a replay command; Hypothesis' line explanations add noise
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+}
+settings.register_profile("dev", max_examples=20, **_COMMON)
+settings.register_profile("ci", max_examples=40, derandomize=True, print_blob=True, **_COMMON)
+settings.register_profile("fuzz", max_examples=2000, **_COMMON)
+
+_OPTIONS = [
+    # (option, dest, env, help)
+    ("--target", "target", "SDC_TARGET", "module under test: impl, torch or a module path"),
+    ("--expected", "expected", "SDC_EXPECTED", "known-divergence file: a path, a shipped name, or none"),
+    ("--world-sizes", "world_sizes", "SDC_WORLD_SIZES", "comma-separated world sizes, e.g. 2,4"),
+    ("--backend", "backend", "SDC_BACKEND", "process-group backend: gloo or nccl"),
+    ("--case-timeout", "case_timeout", "SDC_CASE_TIMEOUT", "seconds before a case counts as a hang"),
+    ("--sdc-profile", "sdc_profile", "SDC_PROFILE", "Hypothesis profile: dev, ci or fuzz"),
+    ("--max-examples", "max_examples", "SDC_MAX_EXAMPLES", "override the profile's examples per property"),
+    ("--placement", "placement", "SDC_PLACEMENTS", "user placement models module:Model, comma-separated"),
+    ("--only", "only", "SDC_ONLY", "comma-separated utilities to test (and the laws among them)"),
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("state-dict-conformance")
-    group.addoption(
-        "--target",
-        default=None,
-        help="module under test: impl, torch or a module path [SDC_TARGET]",
-    )
-    group.addoption(
-        "--expected",
-        default=None,
-        help="known-divergence file: a path, a shipped name, or none [SDC_EXPECTED]",
-    )
-    group.addoption(
-        "--world-sizes",
-        default=None,
-        help="comma-separated world sizes, e.g. 2,4 [SDC_WORLD_SIZES]",
-    )
-    group.addoption(
-        "--backend",
-        default=None,
-        choices=["gloo", "nccl"],
-        help="process-group backend [SDC_BACKEND]",
-    )
-    group.addoption(
-        "--case-timeout",
-        default=None,
-        type=float,
-        help="seconds before a case counts as a hang [SDC_CASE_TIMEOUT]",
-    )
-    group.addoption(
-        "--sdc-profile", default=None, choices=PROFILES, help="Hypothesis profile [SDC_PROFILE]"
-    )
-    group.addoption(
-        "--max-examples",
-        default=None,
-        type=int,
-        help="override the profile's examples per property [SDC_MAX_EXAMPLES]",
-    )
+    for option, dest, env, text in _OPTIONS:
+        group.addoption(option, dest=dest, default=None, help=f"{text} [{env}]")
 
 
-def _setting(config: pytest.Config, name: str, env: str, default: str | None) -> str | None:
-    value = config.getoption(name)
+def _setting(config: pytest.Config, dest: str, default: str) -> str:
+    env = next(e for _, d, e, _ in _OPTIONS if d == dest)
+    value = config.getoption(dest)
     return str(value) if value is not None else os.environ.get(env, default)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def read_config(config: pytest.Config) -> HarnessConfig:
     """The suite's settings; raises pytest.UsageError with one line for bad values."""
-    target = _setting(config, "target", "SDC_TARGET", "impl") or "impl"
-    sizes_text = _setting(config, "world_sizes", "SDC_WORLD_SIZES", "2") or "2"
+    sizes_text = _setting(config, "world_sizes", "2")
     try:
-        sizes = tuple(int(s) for s in sizes_text.split(","))
+        sizes = tuple(int(s) for s in _names(sizes_text))
     except ValueError:
         raise pytest.UsageError(
             f"--world-sizes must be integers separated by commas, got {sizes_text!r}"
         ) from None
-    if any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
-        raise pytest.UsageError(
-            f"--world-sizes must lie between 1 and {MAX_WORLD_SIZE}, got {sizes_text!r}"
-        )
-    timeout = float(_setting(config, "case_timeout", "SDC_CASE_TIMEOUT", "30") or 30)
+    if not sizes or any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
+        raise pytest.UsageError(f"--world-sizes must lie between 1 and {MAX_WORLD_SIZE}, got {sizes_text!r}")
+    backend = _setting(config, "backend", "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise pytest.UsageError(f"--backend must be gloo or nccl, got {backend!r}")
+    try:
+        timeout = float(_setting(config, "case_timeout", "30"))
+        max_examples = int(_setting(config, "max_examples", "0")) or None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--case-timeout and --max-examples take numbers ({exc})") from None
     if timeout <= 0:
         raise pytest.UsageError(f"--case-timeout must be positive, got {timeout:g}")
-    profile = _setting(config, "sdc_profile", "SDC_PROFILE", "dev") or "dev"
+    profile = _setting(config, "sdc_profile", "dev")
     if profile not in PROFILES:
         raise pytest.UsageError(
-            f"SDC_PROFILE must be one of {', '.join(PROFILES)}, got {profile!r}"
+            f"the Hypothesis profile must be one of {', '.join(PROFILES)}, got {profile!r}"
         )
-    max_examples = _setting(config, "max_examples", "SDC_MAX_EXAMPLES", None)
+    only = _names(_setting(config, "only", ""))
+    unknown = [u for u in only if u not in UTILITIES]
+    if unknown:
+        raise pytest.UsageError(f"--only: unknown utility {unknown[0]!r}; known: {', '.join(UTILITIES)}")
+    expected = config.getoption("expected") or os.environ.get("SDC_EXPECTED")
     return HarnessConfig(
-        target=target,
-        expected=_setting(config, "expected", "SDC_EXPECTED", None),
+        target=_setting(config, "target", "impl"),
+        expected=expected,
         world_sizes=sizes,
-        backend=_setting(config, "backend", "SDC_BACKEND", "gloo") or "gloo",
+        backend=backend,
         case_timeout=timeout,
         profile=profile,
-        max_examples=int(max_examples) if max_examples else None,
+        max_examples=max_examples,
+        placements=_names(_setting(config, "placement", "")),
+        only=only,
     )
+
+
+_CONFIG = pytest.StashKey[HarnessConfig]()
+_STATS = pytest.StashKey[dict]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -122,36 +118,46 @@ def pytest_configure(config: pytest.Config) -> None:
     overrides = {"max_examples": sdc.max_examples} if sdc.max_examples else {}
     settings.register_profile(f"sdc-{sdc.profile}", settings.get_profile(sdc.profile), **overrides)
     settings.load_profile(f"sdc-{sdc.profile}")
-    config.stash[_STATS] = {"cases": 0, "seconds": 0.0, "excused": {}}
-
-
-_CONFIG = pytest.StashKey[HarnessConfig]()
-_STATS = pytest.StashKey[dict]()
-_HARNESS = pytest.StashKey[Harness]()
+    config.stash[_STATS] = {"cases": 0, "seconds": 0.0, "excused": {}, "by_utility": {}}
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    sdc = config.stash[_CONFIG]
-    return sdc.header_lines()
+    return config.stash[_CONFIG].header_lines()
 
 
 @pytest.fixture(scope="session")
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The session's conformance harness: target, known divergences and worlds."""
-    sdc = request.config.stash[_CONFIG]
     try:
-        h = Harness(sdc)
+        h = Harness(request.config.stash[_CONFIG])
     except Exception as exc:
         pytest.exit(f"state-dict-conformance: {exc}", returncode=2)
-    request.config.stash[_HARNESS] = h
     start = time.perf_counter()
     yield h
-    stats = request.config.stash[_STATS]
-    stats["cases"] += h.cases_run
-    stats["seconds"] += time.perf_counter() - start
-    for key, count in h.divergences.hits.items():
-        stats["excused"][key] = stats["excused"].get(key, 0) + count
+    seconds = time.perf_counter() - start
+    _merge(
+        request.config.stash[_STATS],
+        {
+            "cases": h.cases_run,
+            "seconds": seconds,
+            "excused": h.divergences.hits,
+            "by_utility": h.cases_by_utility,
+        },
+    )
     h.close()
+
+
+def _merge(stats: dict, more: dict) -> None:
+    stats["cases"] += more["cases"]
+    stats["seconds"] = max(stats["seconds"], more["seconds"])  # workers run side by side
+    for name in ("excused", "by_utility"):
+        for key, count in more[name].items():
+            stats[name][key] = stats[name].get(key, 0) + count
+
+
+def run_stats(config: pytest.Config) -> dict:
+    """Cases executed (in all and by utility), seconds, and divergence hits of this run."""
+    return config.stash[_STATS]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -161,13 +167,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_testnodedown(node, error) -> None:  # xdist hook, on the controller
-    stats = node.config.stash[_STATS]
     theirs = getattr(node, "workeroutput", {}).get("sdc_stats")
     if theirs:
-        stats["cases"] += theirs["cases"]
-        stats["seconds"] = max(stats["seconds"], theirs["seconds"])
-        for key, count in theirs["excused"].items():
-            stats["excused"][key] = stats["excused"].get(key, 0) + count
+        _merge(node.config.stash[_STATS], theirs)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -177,8 +179,37 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     rate = stats["cases"] / stats["seconds"] if stats["seconds"] else 0.0
     terminalreporter.write_sep("-", "state-dict-conformance")
     terminalreporter.write_line(
-        f"{stats['cases']} cases executed in {stats['seconds']:.1f}s ({rate:.1f} cases/s per worker, "
+        f"{stats['cases']} cases executed in {stats['seconds']:.1f}s ({rate:.1f} cases/s, "
         f"target {config.stash[_CONFIG].target})"
     )
     for key, count in sorted(stats["excused"].items()):
         terminalreporter.write_line(f"known divergence {key}: excused {count} difference(s)")
+
+
+def item_utilities(item: pytest.Item) -> tuple[str, ...]:
+    """The utilities a suite item exercises: its module's utility, its law's, or its divergence's."""
+    from conformance.laws import LAW_PREFIX, LAWS
+
+    callspec = getattr(item, "callspec", None)
+    divergence = callspec.params.get("divergence") if callspec else None
+    if hasattr(divergence, "utilities"):  # an empty parameter set gives NOTSET
+        names = divergence.utilities
+    else:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        names = (getattr(item.function, "utility", None) or module.removeprefix("test_"),)
+    return tuple(n for name in names for n in LAWS.get(name.removeprefix(LAW_PREFIX), (name,)))
+
+
+def is_suite_item(item: pytest.Item) -> bool:
+    return item.module is not None and item.module.__name__.startswith("conformance.suite")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = set(config.stash[_CONFIG].only)
+    if not only:
+        return
+    keep = [i for i in items if not is_suite_item(i) or set(item_utilities(i)) <= only]
+    drop = [i for i in items if i not in keep]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -20,9 +20,7 @@ def cases_for(utility: str, **fixed: Any) -> st.SearchStrategy[Case]:
 
     def build() -> st.SearchStrategy[Case]:
         sizes = active_config().world_sizes
-        strategy = (
-            LAW_CASES[utility](sizes) if utility.startswith("law:") else CASES[utility](sizes)
-        )
+        strategy = LAW_CASES[utility](sizes) if utility.startswith("law:") else CASES[utility](sizes)
         return strategy.map(lambda case: with_kwargs(case, **fixed)) if fixed else strategy
 
     return st.deferred(build)
@@ -57,3 +55,13 @@ def assert_conforms(harness: Harness, case: Case) -> None:
     report = harness.check(case)
     if not report.passed:
         raise AssertionError(report.failure_message())
+
+
+def law(name: str):
+    """Mark a test function as checking the cross-utility law ``name`` (for ``--only``)."""
+
+    def mark(fn):
+        fn.utility = f"law:{name}"
+        return fn
+
+    return mark

@@ -56,9 +56,7 @@ class CallContext:
         self.storages: dict[int, str] = {}
         self.inputs: list[torch.Tensor] = []  # alive until the outcome is observed
 
-    def build(
-        self, spec: Any, root: str, seed_offset: int = 0, meta_dtensors: bool = False
-    ) -> Materialised:
+    def build(self, spec: Any, root: str, seed_offset: int = 0, meta_dtensors: bool = False) -> Materialised:
         built = Builder(self.case.seed + seed_offset, *self.builder_args, root=root).build(
             spec, meta_dtensors
         )
@@ -129,9 +127,7 @@ def _full_and_local(c: CallContext, only_rank0: bool) -> tuple[dict, dict]:
     return full, local
 
 
-def _call_broadcast_state_dict(
-    c: CallContext, fn: Callable
-) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_broadcast_state_dict(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
     full, local = _full_and_local(c, only_rank0=True)
     kwargs = {k: v for k, v in c.case.call_kwargs().items() if k in ("strict", "cpu_offload")}
     device, pg = c.device_kwarg(), c.pg_kwarg()
@@ -141,9 +137,7 @@ def _call_broadcast_state_dict(
     }
 
 
-def _call_distribute_state_dict(
-    c: CallContext, fn: Callable
-) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_distribute_state_dict(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
     full, local = _full_and_local(c, only_rank0=False)
     device, pg = c.device_kwarg(), c.pg_kwarg()
     return (lambda: fn(full, local, device=device, pg=pg)), {
@@ -152,28 +146,20 @@ def _call_distribute_state_dict(
     }
 
 
-def _call_broadcast_tensors(
-    c: CallContext, fn: Callable
-) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_broadcast_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
     full, local = _full_and_local(c, only_rank0=False)
     keys = list(c.case.kwarg("keys", ()))
     if c.rank != 0:
-        full = {
-            k: TensorInfo(v.size(), v.dtype) if torch.is_tensor(v) else v for k, v in full.items()
-        }
+        full = {k: TensorInfo(v.size(), v.dtype) if torch.is_tensor(v) else v for k, v in full.items()}
     device, pg = c.device_kwarg(), c.pg_kwarg()
     arguments = {"local_state_dict": local} | ({FULL_ROOT: full} if c.rank == 0 else {})
     return (lambda: fn(full, local, keys, device, pg)), arguments
 
 
-def _call_distribute_tensors(
-    c: CallContext, fn: Callable
-) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_distribute_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
     """``state_dict`` holds the local DTensors; each is paired with its full tensor (values
     drawn under the ``full_state_dict`` root) for the keys named in ``keys``."""
-    local = c.build(
-        c.case.state_dict, "local_state_dict", meta_dtensors=bool(c.case.kwarg("meta"))
-    ).value
+    local = c.build(c.case.state_dict, "local_state_dict", meta_dtensors=bool(c.case.kwarg("meta"))).value
     full = c.build(global_specs(c.case.state_dict), FULL_ROOT, seed_offset=1).value
     keys = list(c.case.kwarg("keys", ()))
     for key in keys:
@@ -211,9 +197,7 @@ def _call_unflatten(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], di
     return (lambda: fn(flat, mapping)), {"flat_state_dict": flat}
 
 
-def _call_all_gather_sharded(
-    c: CallContext, fn: Callable
-) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_all_gather_sharded(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
     st = c.build(c.case.state_dict, ROOT).value
     kwargs = {}
     if c.case.kwarg("pg") is not None:
@@ -251,6 +235,4 @@ def run_case(case: Case, target_name: str) -> Outcome:
         mutated = {name: observer.observe(value) for name, value in arguments.items()}
         return Outcome(RaisedObs(type(exc).__name__, str(exc)), mutated, may_desync=True)
     observer = Observer(c.storages)
-    return Outcome(
-        observer.observe(result), {name: observer.observe(v) for name, v in arguments.items()}
-    )
+    return Outcome(observer.observe(result), {name: observer.observe(v) for name, v in arguments.items()})

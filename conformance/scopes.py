@@ -33,11 +33,7 @@ def sharded_tensor_not_dim0_in_rank_order(case: Case) -> bool:
     on ranks 0, 1, ... in order, or it is empty (torch assumes dim-0 chunks in rank order)."""
     return any(
         isinstance(leaf, ShardedTensorSpec)
-        and (
-            leaf.dim != 0
-            or list(leaf.rank_order) != sorted(leaf.rank_order)
-            or leaf.tensor.numel == 0
-        )
+        and (leaf.dim != 0 or list(leaf.rank_order) != sorted(leaf.rank_order) or leaf.tensor.numel == 0)
         for leaf in _leaves(case)
     )
 

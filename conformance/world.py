@@ -253,11 +253,10 @@ class World:
         job_timeout: float = DEFAULT_JOB_TIMEOUT,
         error_grace: float = DEFAULT_ERROR_GRACE,
         start_timeout: float = 120.0,
+        setup: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...] = (),
     ) -> None:
         if not isinstance(size, int) or not 1 <= size <= MAX_WORLD_SIZE:
-            raise ValueError(
-                f"world size must be an integer from 1 to {MAX_WORLD_SIZE}, got {size!r}"
-            )
+            raise ValueError(f"world size must be an integer from 1 to {MAX_WORLD_SIZE}, got {size!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "nccl":
@@ -267,6 +266,7 @@ class World:
         self.job_timeout = job_timeout
         self.error_grace = error_grace
         self.start_timeout = start_timeout
+        self.setup = setup  # jobs every (re)started world runs first, e.g. registering plug-ins
         self.restarts = 0
         self.jobs_run = 0
         self._generation = 0
@@ -315,11 +315,13 @@ class World:
             self._conns.append(parent_conn)
         try:
             self._collect(self.start_timeout, during_start=True)
+            for fn, args in self.setup:
+                for conn in self._conns:
+                    conn.send_bytes(pickle.dumps((fn, args, {})))
+                self._collect(self.start_timeout, during_start=True)
         except JobFailed as exc:
             self._kill()
-            raise WorldUnavailable(
-                f"world of {self.size} ({self.backend}) failed to start: {exc}"
-            ) from None
+            raise WorldUnavailable(f"world of {self.size} ({self.backend}) failed to start: {exc}") from None
 
     def close(self) -> None:
         """Stop every rank (politely, then by force) and release the store."""

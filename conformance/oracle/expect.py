@@ -63,9 +63,7 @@ def reduction_tolerance(leaf: DTensorSpec) -> Tolerance | None:
 
 
 def first_unsupported(spec: Spec) -> Path | None:
-    return next(
-        (path for path, leaf in iter_leaves(spec) if isinstance(leaf, UnsupportedSpec)), None
-    )
+    return next((path for path, leaf in iter_leaves(spec) if isinstance(leaf, UnsupportedSpec)), None)
 
 
 def type_check_error(spec: Spec, case: Case) -> RaisedObs | None:
@@ -158,16 +156,12 @@ def _tensor_facts(leaf: Leaf, rank: int, world_size: int, local: bool) -> tuple:
     facts: tuple = (type(leaf).__name__, tensor.shape, tensor.dtype)
     if local and isinstance(leaf, DTensorSpec):
         zeros = torch.zeros(tensor.shape)
-        parts = split_over_mesh(
-            zeros, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0)
-        )
+        parts = split_over_mesh(zeros, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0))
         facts += (tuple(parts[coordinate_of(rank, leaf.mesh_shape)].shape),)
     if local and isinstance(leaf, ShardedTensorSpec):
         facts += (
             frozenset(
-                (leaf.dim, start, n)
-                for owner, start, n in sharded_chunks(leaf, world_size)
-                if owner == rank
+                (leaf.dim, start, n) for owner, start, n in sharded_chunks(leaf, world_size) if owner == rank
             ),
         )
     return facts
@@ -191,9 +185,7 @@ def pair_mismatch(
         else:
             if len(source.items) != len(dest.items):
                 return path
-            pairs = [
-                (i, c, d) for i, (c, d) in enumerate(zip(source.items, dest.items, strict=True))
-            ]
+            pairs = [(i, c, d) for i, (c, d) in enumerate(zip(source.items, dest.items, strict=True))]
         for key, child, other in pairs:
             found = pair_mismatch(child, other, rank, world_size, local, (*path, key))
             if found is not None:
@@ -335,9 +327,7 @@ def _distribute_state_dict(case: Case, rank: int) -> Outcome:
 def _broadcast_tensors(case: Case, rank: int) -> Outcome:
     """Only the named keys are loaded; entries of other keys stay as they were."""
     keys = set(case.kwarg("keys", ()))
-    narrowed = DictSpec(
-        tuple((k, v) for k, v in case.state_dict.items if k in keys), case.state_dict.kind
-    )
+    narrowed = DictSpec(tuple((k, v) for k, v in case.state_dict.items if k in keys), case.state_dict.kind)
     loaded = _load(replace(case, state_dict=narrowed), rank, strict=False)
     if rank == 0:
         full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
@@ -349,9 +339,7 @@ def _broadcast_tensors(case: Case, rank: int) -> Outcome:
 
 def _distribute_tensors(case: Case, rank: int) -> Outcome:
     local = RankInputs(case.state_dict, case.seed, rank, case.world_size, "local_state_dict")
-    fulls = RankInputs(
-        global_specs(case.state_dict), case.seed + 1, rank, case.world_size, FULL_ROOT
-    )
+    fulls = RankInputs(global_specs(case.state_dict), case.seed + 1, rank, case.world_size, FULL_ROOT)
     keys = set(case.kwarg("keys", ()))
     meta = bool(case.kwarg("meta", False))
 
@@ -400,9 +388,7 @@ def _flatten(case: Case, rank: int) -> Outcome:
 
 
 def _path_obs(path: tuple) -> Container:
-    return Container(
-        "tuple", tuple(range(len(path))), tuple(ValueObs(type(k).__name__, k) for k in path)
-    )
+    return Container("tuple", tuple(range(len(path))), tuple(ValueObs(type(k).__name__, k) for k in path))
 
 
 def object_path(spec: Spec, path: Path) -> tuple:
@@ -439,9 +425,7 @@ def _all_gather_sharded(case: Case, rank: int) -> Outcome:
     inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
     spec = case.state_dict
     full = inputs.global_value(spec, ())
-    result = TensorObs(
-        "Tensor", "cpu", spec.tensor.dtype, tuple(spec.tensor.shape), full, aliases=None
-    )
+    result = TensorObs("Tensor", "cpu", spec.tensor.dtype, tuple(spec.tensor.shape), full, aliases=None)
     return Outcome(result, {ROOT: inputs.observe_all()})
 
 

@@ -58,9 +58,7 @@ def map_spec(
             tuple(map_spec(c, leaf_fn, (*path, k), kind_fn) for k, c in spec.items),
         )
     if isinstance(spec, SeqSpec):
-        children = tuple(
-            map_spec(c, leaf_fn, (*path, i), kind_fn) for i, c in enumerate(spec.items)
-        )
+        children = tuple(map_spec(c, leaf_fn, (*path, i), kind_fn) for i, c in enumerate(spec.items))
         return Container(kind_fn(spec), tuple(range(len(spec.items))), children)
     return leaf_fn(path, spec)
 
@@ -138,9 +136,7 @@ class RankInputs:
         """The observation of an input leaf that was left as it was."""
         if not isinstance(leaf, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
             return value_obs(leaf, path)
-        return tensor_obs(
-            leaf, self.local(leaf, path), aliases=self.owner(leaf, path), keep_stride=True
-        )
+        return tensor_obs(leaf, self.local(leaf, path), aliases=self.owner(leaf, path), keep_stride=True)
 
     def observe_all(self) -> Any:
         return map_spec(self.spec, self.unchanged)
@@ -155,9 +151,7 @@ def tensor_obs(leaf: Leaf, data: torch.Tensor | None, **facts: Any) -> TensorObs
     keep_stride = facts.pop("keep_stride", False)
     tensor = leaf.tensor if isinstance(leaf, (DTensorSpec, ShardedTensorSpec)) else leaf
     base: dict[str, Any] = {
-        "cls": {DTensorSpec: "DTensor", ShardedTensorSpec: "ShardedTensor"}.get(
-            type(leaf), "Tensor"
-        ),
+        "cls": {DTensorSpec: "DTensor", ShardedTensorSpec: "ShardedTensor"}.get(type(leaf), "Tensor"),
         "device_type": "cpu",
         "dtype": tensor.dtype,
         "shape": tuple(tensor.shape),

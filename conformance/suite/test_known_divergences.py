@@ -18,9 +18,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_known_divergence_reproduces(harness, divergence, request):
-    request.applymarker(
-        pytest.mark.xfail(reason=f"{divergence.id}: {divergence.reason}", strict=False)
-    )
+    request.applymarker(pytest.mark.xfail(reason=f"{divergence.id}: {divergence.reason}", strict=False))
     case = Case.from_blob(divergence.replay)
     if reason := harness.supports(*divergence.utilities):
         pytest.skip(reason)

@@ -1,0 +1,347 @@
+"""``python -m conformance``: run the suite, replay a case, fuzz, list what is known.
+
+Exit status: 0 the target conforms apart from known divergences, 1 it diverges elsewhere,
+2 usage error (one line on stderr saying what is wrong and how to fix it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+SUITE = Path(__file__).parent / "suite"
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is the one line the user sees."""
+
+
+def _utilities(text: str | None) -> tuple[str, ...]:
+    from conformance.targets import UTILITIES
+
+    names = tuple(n.strip().removeprefix("_") for n in (text or "").split(",") if n.strip())
+    for name in names:
+        if name not in UTILITIES:
+            raise UsageError(f"--only: unknown utility {name!r}; known: {', '.join(UTILITIES)}")
+    return names
+
+
+def _world_sizes(text: str) -> tuple[int, ...]:
+    from conformance.world import MAX_WORLD_SIZE
+
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(
+            f"--world-sizes takes integers separated by commas, e.g. 2,4; got {text!r}"
+        ) from None
+    if not sizes or any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
+        raise UsageError(f"--world-sizes must lie between 1 and {MAX_WORLD_SIZE}; got {text!r}")
+    return sizes
+
+
+def _check_target(name: str) -> None:
+    from conformance.targets import TargetError, load_target
+
+    try:
+        load_target(name)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_backend(backend: str, sizes: tuple[int, ...]) -> None:
+    if backend != "nccl":
+        return
+    from conformance.world import WorldUnavailable, check_nccl_available
+
+    try:
+        check_nccl_available(max(sizes))
+    except WorldUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _expected_name(expected: str | None, target: str) -> str | None:
+    """Validate --expected (a path, a shipped name such as torch, or none)."""
+    from conformance.divergences import DivergenceFileError, load_divergences
+
+    if expected is None:
+        return None
+    try:
+        load_divergences(expected)
+    except DivergenceFileError as exc:
+        raise UsageError(str(exc)) from None
+    return expected
+
+
+def _common_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {
+        "SDC_TARGET": args.target,
+        "SDC_WORLD_SIZES": ",".join(map(str, args.world_sizes)),
+        "SDC_BACKEND": args.backend,
+        "SDC_PROFILE": args.profile,
+        "SDC_CASE_TIMEOUT": str(args.case_timeout),
+    }
+    if args.expected is not None:
+        env["SDC_EXPECTED"] = args.expected
+    if args.max_examples:
+        env["SDC_MAX_EXAMPLES"] = str(args.max_examples)
+    if getattr(args, "only", None):
+        env["SDC_ONLY"] = ",".join(args.only)
+    if getattr(args, "placement", None):
+        env["SDC_PLACEMENTS"] = ",".join(args.placement)
+    return env
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+    import torch
+
+    from conformance.divergences import load_divergences
+    from conformance.harness import HarnessConfig
+    from conformance.report import Collector, RunReport, remember_divergences, write_json
+
+    os.environ.update(_common_env(args))
+    config = HarnessConfig(target=args.target, expected=args.expected)
+    remember_divergences(load_divergences(config.expected_name).entries)
+    pytest_args = [str(SUITE), "-p", "no:cacheprovider", "-q", "-rfEX", "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    if args.jobs > 1:
+        pytest_args += ["-n", str(args.jobs)]
+    if args.junit:
+        pytest_args += [f"--junitxml={args.junit}"]
+    if args.launcher == "torchrun":
+        from conformance.torchrun import run_under_torchrun
+
+        return run_under_torchrun(pytest_args)
+    collector = Collector()
+    start = time.perf_counter()
+    status = pytest.main(pytest_args, plugins=[collector])
+    seconds = time.perf_counter() - start
+    if status in (pytest.ExitCode.USAGE_ERROR,):
+        return 2
+    if status == pytest.ExitCode.INTERRUPTED:
+        print("interrupted", file=sys.stderr)
+        return 130
+    by_utility: dict[str, int] = {}
+    for utility, count in collector.stats.get("by_utility", {}).items():
+        key = "laws" if utility.startswith("law:") else utility
+        by_utility[key] = by_utility.get(key, 0) + count
+    report = RunReport(
+        target=args.target,
+        torch_version=torch.__version__,
+        world_sizes=list(args.world_sizes),
+        backend=args.backend,
+        profile=args.profile,
+        summary={
+            "cases": collector.stats.get("cases", 0),
+            "seconds": round(seconds, 2),
+            **{
+                o: sum(r.outcome == o for r in collector.results)
+                for o in ("passed", "failed", "xfailed", "xpassed", "skipped")
+            },
+            "cases_by_utility": by_utility,
+        },
+        results=collector.results,
+    )
+    print()
+    print(report.table())
+    s = report.summary
+    print(
+        f"\n{s['cases']} cases in {s['seconds']:.1f}s ({s['cases'] / max(s['seconds'], 1e-9):.1f} cases/s): "
+        f"{s['passed']} passed, {s['failed']} failed, {s['xfailed']} known divergences, "
+        f"{s['xpassed']} no longer reproducing, {s['skipped']} skipped"
+    )
+    if args.json:
+        write_json(report, args.json)
+        print(f"report written to {args.json}")
+    failed = s["failed"] or any(r.outcome == "error" for r in report.results)
+    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return 1
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------- replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from conformance.case import CaseError, load_case
+
+    try:
+        case = load_case(args.case)
+    except CaseError as exc:
+        raise UsageError(str(exc)) from None
+    if args.script:
+        from conformance.script import standalone_script
+
+        print(standalone_script(case))
+        return 0
+    from conformance.check import check_case
+    from conformance.divergences import load_divergences
+    from conformance.harness import HarnessConfig
+    from conformance.world import World
+
+    expected = HarnessConfig(target=args.target, expected=args.expected).expected_name
+    divergences = load_divergences(expected)
+    print(f"replaying {case.describe()} against {args.target}")
+    with World(case.world_size, case.backend, job_timeout=args.case_timeout) as world:
+        report = check_case(world, case, args.target, divergences)
+    if report.passed and not report.excused:
+        print("conforms: every rank observed what the contract expects")
+        return 0
+    for rank in range(case.world_size):
+        mine = [d for d in report.diffs if d.startswith(f"rank {rank},")]
+        print(f"rank {rank}: " + ("matches the contract" if not mine else f"{len(mine)} difference(s)"))
+        for line in mine:
+            print(f"  {line.split(', ', 1)[1]}")
+    for key, count in report.excused.items():
+        print(f"known divergence {key}: excused {count} difference(s)")
+    return 0 if report.passed else 1
+
+
+# ---------------------------------------------------------------------------------- list
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import ast
+
+    from conformance.divergences import SHIPPED
+    from conformance.laws import LAWS
+    from conformance.targets import ALIASES, UTILITIES
+    from strategies.placements import registered_placements
+
+    print("utilities:")
+    for name in UTILITIES:
+        print(f"  {name}")
+    print("properties:")
+    for module in sorted(SUITE.glob("test_*.py")):
+        tree = ast.parse(module.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                print(f"  {module.stem}::{node.name}")
+    print("laws:")
+    for name, utilities in LAWS.items():
+        print(f"  {name}: {', '.join(utilities)}")
+    print("placement models:")
+    for kind in registered_placements():
+        print(f"  {kind}")
+    print("targets:")
+    for alias, module in ALIASES.items():
+        print(f"  {alias} = {module}")
+    print("  (or any importable module path)")
+    print("known-divergence files:")
+    for path in sorted(SHIPPED.glob("*.toml")):
+        print(f"  {path.stem} ({path})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parser
+
+
+def _add_suite_options(p: argparse.ArgumentParser, default_target: str) -> None:
+    p.add_argument(
+        "--target",
+        default=default_target,
+        help=f"module under test: impl, torch or a module path (default {default_target})",
+    )
+    p.add_argument(
+        "--expected", default=None, help="known-divergence file: a path, a shipped name (torch) or none"
+    )
+    p.add_argument(
+        "--world-sizes", default="2", type=_world_sizes, help="comma-separated world sizes (default 2)"
+    )
+    p.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
+    p.add_argument(
+        "--max-examples", type=int, default=None, help="examples per property (overrides the profile)"
+    )
+    p.add_argument(
+        "--case-timeout", type=float, default=30.0, help="seconds before a case is a hang (default 30)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the property suite and print a table per utility")
+    _add_suite_options(run, default_target="torch")
+    run.add_argument("--profile", default="dev", choices=["dev", "ci", "fuzz"])
+    run.add_argument("--only", type=_utilities, default=(), help="comma-separated utilities")
+    run.add_argument("--jobs", type=int, default=1, help="pytest-xdist workers (default 1)")
+    run.add_argument("--json", default=None, help="write a JSON report here")
+    run.add_argument("--junit", default=None, help="write a JUnit XML report here")
+    run.add_argument("--placement", action="append", default=[], help="user placement model module:Model")
+    run.add_argument("--launcher", default="spawn", choices=["spawn", "torchrun"])
+    run.set_defaults(func=cmd_run)
+
+    replay = sub.add_parser("replay", help="re-run one case and print observed vs expected per rank")
+    replay.add_argument("case", help="a case blob (sdc1:...), JSON text, or a case file")
+    replay.add_argument("--target", default="torch")
+    replay.add_argument("--expected", default=None)
+    replay.add_argument("--case-timeout", type=float, default=30.0)
+    replay.add_argument(
+        "--script", action="store_true", help="print a standalone torch.distributed script instead"
+    )
+    replay.set_defaults(func=cmd_replay)
+
+    fuzz = sub.add_parser("fuzz", help="fuzz until a time budget, saving each new failure")
+    _add_suite_options(fuzz, default_target="torch")
+    fuzz.add_argument("--time", default="10m", help="time budget, e.g. 90s, 10m, 1h (default 10m)")
+    fuzz.add_argument("--placement", action="append", default=[], help="user placement model module:Model")
+    fuzz.add_argument("--only", type=_utilities, default=(), help="comma-separated utilities")
+    fuzz.add_argument(
+        "--out", default="failures", help="directory for failing case files (default failures/)"
+    )
+    fuzz.set_defaults(func=lambda a: __import__("conformance.fuzz", fromlist=["cmd_fuzz"]).cmd_fuzz(a))
+
+    listing = sub.add_parser("list", help="utilities, properties, placement models, targets")
+    listing.set_defaults(func=cmd_list)
+
+    check = sub.add_parser("selfcheck", help="start worlds and run a DTensor gather on them")
+    check.add_argument("--world-sizes", default="2,4", type=_world_sizes)
+    check.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
+    check.set_defaults(
+        func=lambda a: __import__("conformance.selfcheck", fromlist=["selfcheck"]).selfcheck(
+            list(a.world_sizes), a.backend
+        )
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0) and 2
+    try:
+        if getattr(args, "target", None) and args.command in ("run", "replay", "fuzz"):
+            _check_target(args.target)
+        if getattr(args, "expected", None):
+            _expected_name(args.expected, args.target)
+        if getattr(args, "backend", None):
+            _check_backend(args.backend, getattr(args, "world_sizes", (1,)))
+        if getattr(args, "jobs", 1) < 1:
+            raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+        for reference in getattr(args, "placement", []) or []:
+            _check_placement(reference)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _check_placement(reference: str) -> None:
+    from strategies.placements import load_placement
+
+    try:
+        load_placement(reference)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise UsageError(f"--placement {reference!r}: {exc}") from None

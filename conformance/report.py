@@ -1,0 +1,162 @@
+"""Results of a suite run: collected from pytest reports, printed as a table, saved as JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pytest
+
+from conformance.plugin import run_stats
+from conformance.targets import UTILITIES
+
+OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+_REPLAY = re.compile(r"replay: (python -m conformance replay \S+ \S+ \S+)")
+
+
+@dataclass
+class Result:
+    utility: str
+    property: str
+    outcome: str
+    message: str = ""
+    replay: str = ""
+
+
+@dataclass
+class RunReport:
+    target: str
+    torch_version: str
+    world_sizes: list[int]
+    backend: str
+    profile: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["results"] = [asdict(r) for r in self.results]
+        return data
+
+    def table(self) -> str:
+        """One row per utility: properties passed, failed, divergences still reproducing /
+        no longer reproducing, skipped, and cases executed."""
+        cases = self.summary.get("cases_by_utility", {})
+        rows = [("utility", "passed", "failed", "known div.", "no longer", "skipped", "cases")]
+        names = [u for u in (*UTILITIES, "laws") if any(r.utility == u for r in self.results) or cases.get(u)]
+        for name in names:
+            mine = [r for r in self.results if r.utility == name]
+            count = {o: sum(r.outcome == o for r in mine) for o in OUTCOMES}
+            rows.append(
+                (
+                    name,
+                    str(count["passed"]),
+                    str(count["failed"] + count["error"]),
+                    str(count["xfailed"]),
+                    str(count["xpassed"]),
+                    str(count["skipped"]),
+                    str(cases.get(name, 0)),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in rows
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+class Collector:
+    """A pytest plugin object gathering one Result per suite test (also under xdist)."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.stats: dict[str, Any] = {}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "conformance/suite/" not in report.nodeid.replace("\\", "/"):
+            return
+        outcome = _outcome(report)
+        if outcome is None:
+            return
+        message = _message(report)
+        module, _, name = report.nodeid.partition("::")
+        utility = _utility_of(module, name)
+        replay = _REPLAY.search(message)
+        self.results.append(
+            Result(
+                utility,
+                name,
+                outcome,
+                message.splitlines()[0] if message else "",
+                replay.group(1) if replay else "",
+            )
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.stats = dict(run_stats(session.config))
+
+
+def _outcome(report: pytest.TestReport) -> str | None:
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if xfail:
+            return "xfailed" if report.skipped else "xpassed"
+        return report.outcome
+    if report.when == "setup" and report.skipped:
+        return "xfailed" if xfail else "skipped"
+    if report.failed:  # setup or teardown error
+        return "error"
+    return None
+
+
+def _message(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail") and report.skipped:
+        return str(report.wasxfail)
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    if report.failed:
+        text = str(report.longrepr)
+        start = text.find("diverges from the contract")
+        if start >= 0:
+            text = text[text.rfind("\n", 0, start) + 1 :]
+        return "\n".join(line.removeprefix("E").strip() for line in text.splitlines() if line.strip())[:4000]
+    return ""
+
+
+def _utility_of(module: str, name: str) -> str:
+    stem = module.rsplit("/", 1)[-1].removesuffix(".py").removeprefix("test_")
+    if stem in UTILITIES:
+        return stem
+    if stem == "known_divergences":
+        match = re.search(r"\[(.+)\]", name)
+        return _divergence_utility(match.group(1)) if match else "known_divergences"
+    return "laws" if stem == "laws" else stem
+
+
+_DIVERGENCE_UTILITY: dict[str, str] = {}
+
+
+def _divergence_utility(entry_id: str) -> str:
+    utility = _DIVERGENCE_UTILITY.get(entry_id, "known_divergences")
+    return "laws" if utility.startswith("law:") else utility
+
+
+def remember_divergences(entries: Any) -> None:
+    """Let the report attribute divergence replays to their (first) utility."""
+    for entry in entries:
+        _DIVERGENCE_UTILITY[entry.id] = entry.utilities[0]
+
+
+def write_json(report: RunReport, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report.to_json(), f, indent=2)
+        f.write("\n")
