@@ -109,7 +109,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.update(_common_env(args))
     config = HarnessConfig(target=args.target, expected=args.expected)
     remember_divergences(load_divergences(config.expected_name).entries)
-    pytest_args = [str(SUITE), "-p", "no:cacheprovider", "-q", "-rfEX", "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    pytest_args = [
+        str(SUITE),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfEX",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+    ]
     if args.jobs > 1:
         pytest_args += ["-n", str(args.jobs)]
     if args.junit:
