@@ -43,6 +43,10 @@ class Case:
     kwargs: tuple[tuple[str, Any], ...] = field(default=())
     backend: str = "gloo"
 
+    def __post_init__(self) -> None:
+        # one canonical order, so equal calls are equal cases whatever order they were built in
+        object.__setattr__(self, "kwargs", tuple(sorted(self.kwargs)))
+
     def kwarg(self, name: str, default: Any = None) -> Any:
         return dict(self.kwargs).get(name, default)
 

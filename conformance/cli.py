@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 SUITE = Path(__file__).parent / "suite"
 
@@ -25,7 +26,7 @@ def _utilities(text: str | None) -> tuple[str, ...]:
     names = tuple(n.strip().removeprefix("_") for n in (text or "").split(",") if n.strip())
     for name in names:
         if name not in UTILITIES:
-            raise UsageError(f"--only: unknown utility {name!r}; known: {', '.join(UTILITIES)}")
+            raise argparse.ArgumentTypeError(f"unknown utility {name!r}; known: {', '.join(UTILITIES)}")
     return names
 
 
@@ -35,11 +36,9 @@ def _world_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise UsageError(
-            f"--world-sizes takes integers separated by commas, e.g. 2,4; got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"takes integers separated by commas, e.g. 2,4; got {text!r}") from None
     if not sizes or any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
-        raise UsageError(f"--world-sizes must lie between 1 and {MAX_WORLD_SIZE}; got {text!r}")
+        raise argparse.ArgumentTypeError(f"sizes must lie between 1 and {MAX_WORLD_SIZE}; got {text!r}")
     return sizes
 
 
@@ -271,8 +270,15 @@ def _add_suite_options(p: argparse.ArgumentParser, default_target: str) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line: ``error: argument --only: unknown utility 'x'; known: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m conformance", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the property suite and print a table per utility")
@@ -324,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
-        return int(exc.code or 0) and 2
+    except SystemExit as exc:  # argparse printed help, or its one-line usage error
+        return 0 if not exc.code else 2
     try:
         if getattr(args, "target", None) and args.command in ("run", "replay", "fuzz"):
             _check_target(args.target)

@@ -1,0 +1,172 @@
+"""The command line as a user meets it: exit codes, one-line errors, reports, replay, fuzz."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance.case import Case
+from strategies.spec import DictSpec, DTensorSpec, PlacementSpec, SeqSpec, TensorSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--target", "no.such.module"], "cannot import target 'no.such.module'"),
+        (["run", "--target", "json"], "provides none of the state-dict utilities"),
+        (["run", "--world-sizes", "0"], "argument --world-sizes: sizes must lie between 1 and 8"),
+        (["run", "--world-sizes", "9"], "argument --world-sizes: sizes must lie between 1 and 8"),
+        (["run", "--world-sizes", "two"], "argument --world-sizes: takes integers"),
+        (["run", "--only", "gather"], "argument --only: unknown utility 'gather'"),
+        (["run", "--jobs", "0"], "--jobs must be at least 1"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "--expected", "/no/such.toml"], "cannot read known-divergence file"),
+        (["run", "--placement", "nomodule:Model"], "--placement 'nomodule:Model'"),
+        (["replay", "sdc1:garbage!!"], "case blob is damaged"),
+        (["replay", "/no/such/case.json"], "cannot read case file"),
+        (["fuzz", "--time", "soon"], "--time takes a positive duration"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message):
+    result = cli(*args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_nccl_without_gpus_exits_2():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    result = cli("run", "--backend", "nccl", timeout=60)
+    assert result.returncode == 2
+    assert "needs CUDA GPUs" in result.stderr
+
+
+def test_list_names_utilities_properties_placements_and_targets():
+    result = cli("list", timeout=60)
+    assert result.returncode == 0
+    for word in ("gather_state_dict", "test_laws::", "strided_shard", "impl =", "torch ="):
+        assert word in result.stdout
+
+
+def test_run_reports_a_planted_bug_with_replay_and_json(tmp_path):
+    report_path = tmp_path / "report.json"
+    result = cli(
+        "run",
+        "--target",
+        "tests.broken_target",
+        "--expected",
+        "none",
+        "--only",
+        "gather_state_dict,offload_state_dict_to_cpu",
+        "--max-examples",
+        "15",
+        "--json",
+        str(report_path),
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert set(report) == {
+        "target",
+        "torch_version",
+        "world_sizes",
+        "backend",
+        "profile",
+        "summary",
+        "results",
+    }
+    assert report["target"] == "tests.broken_target"
+    assert set(report["summary"]) >= {"cases", "seconds", "passed", "failed", "xfailed", "xpassed", "skipped"}
+    failed = [r for r in report["results"] if r["outcome"] == "failed"]
+    assert {r["utility"] for r in failed} == {"gather_state_dict", "offload_state_dict_to_cpu"}
+    gather = next(r for r in failed if r["property"] == "test_gather_state_dict")
+    assert gather["replay"].startswith("python -m conformance replay --target tests.broken_target sdc1:")
+    assert "gather_state_dict" in result.stdout and "cases" in result.stdout  # the table
+
+    blob = gather["replay"].split()[-1]
+    replay = cli("replay", "--target", "tests.broken_target", blob)
+    assert replay.returncode == 1
+    assert "data differs" in replay.stdout or "ranks_only" in replay.stdout or "difference" in replay.stdout
+
+
+def test_run_on_impl_conforms(tmp_path):
+    result = cli(
+        "run", "--target", "impl", "--only", "flatten_state_dict,unflatten_state_dict", "--max-examples", "10"
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "flatten_state_dict" in result.stdout
+
+
+def _gather_case() -> Case:
+    placements = (PlacementSpec("shard", (("dim", 0),)),)
+    spec = DictSpec(
+        (
+            ("w", DTensorSpec(TensorSpec((5, 2), "float32"), (2,), placements)),
+            ("t", SeqSpec((TensorSpec((), "int64"),), "tuple")),
+        )
+    )
+    return Case("gather_state_dict", 2, 3, spec)
+
+
+def test_replay_prints_conformance_and_script_runs_standalone(tmp_path):
+    case = _gather_case()
+    case_file = tmp_path / "case.json"
+    case_file.write_text(json.dumps(case.to_json()))
+    result = cli("replay", "--target", "impl", str(case_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "conforms" in result.stdout
+    script = cli("replay", "--script", case.to_blob())
+    assert script.returncode == 0
+    path = tmp_path / "repro.py"
+    path.write_text(script.stdout)
+    run = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "rank 0 returned" in run.stdout and "rank 1 returned" in run.stdout
+
+
+def test_fuzz_saves_failures_and_stops_on_time(tmp_path):
+    out = tmp_path / "found"
+    result = cli(
+        "fuzz",
+        "--target",
+        "tests.broken_target",
+        "--expected",
+        "none",
+        "--only",
+        "gather_state_dict",
+        "--time",
+        "25s",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    saved = list(out.glob("*.json"))
+    assert saved, result.stderr[-2000:]
+    record = json.loads(saved[0].read_text())
+    assert record["replay"].startswith("python -m conformance replay")
+    assert Case.from_json(record["case"]).utility == "gather_state_dict"
+    assert "cases/s" in result.stderr
