@@ -1,4 +1,4 @@
-"""nox sessions for CI and users: ``nox -s tests``, ``nox -s lint``, ``nox -s bench`` ...
+"""nox sessions for CI and users: ``nox -s tests lint``, ``nox -s conformance``, ``nox -s fuzz``...
 
 Each session installs the torch build named by ``TORCH_SPEC`` (default ``torch==2.13.0``,
 the CPU wheel this kind of machine keeps on disk) before the project, so pip never swaps
@@ -8,6 +8,7 @@ in a multi-GB CUDA build. Set ``TORCH_SPEC`` to another pin or wheel elsewhere.
 from __future__ import annotations
 
 import os
+import shlex
 
 import nox
 
@@ -16,19 +17,59 @@ nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+# Releases torch_matrix tries; one that cannot be installed here is skipped with the reason.
+TORCH_MATRIX = os.environ.get("TORCH_MATRIX", "2.5.1,2.9.1,2.13.0,2.14.1").split(",")
 SOURCES = ["impl", "strategies", "conformance", "tests", "benchmarks", "noxfile.py"]
 
 
 def install_project(session: nox.Session, torch_spec: str = TORCH_SPEC) -> None:
-    session.install(torch_spec)
+    session.install(*shlex.split(torch_spec))  # e.g. "torch==2.13.0 --index-url URL"
     session.install("-e", ".[dev]")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The harness's own tests, two xdist workers."""
+    """The harness's own tests and the suite against impl, two xdist workers."""
     install_project(session)
-    session.run("python", "-m", "pytest", "-n", "2", *session.posargs)
+    session.run("python", "-m", "pytest", "-n", "2", "tests", "conformance/suite", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("target", ["impl", "torch"])
+def conformance(session: nox.Session, target: str) -> None:
+    """The property suite against a target, with its table and a JSON report."""
+    install_project(session)
+    session.run(
+        "python",
+        "-m",
+        "conformance",
+        "run",
+        "--target",
+        target,
+        "--profile",
+        "ci",
+        "--jobs",
+        "2",
+        "--json",
+        f"conformance-{target}.json",
+        "--junit",
+        f"conformance-{target}.xml",
+        *session.posargs,
+    )
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Fuzz the installed torch for a while (``nox -s fuzz -- --time 30m``); failures go to failures/."""
+    install_project(session)
+    session.run("python", "-m", "conformance", "fuzz", *(session.posargs or ["--time", "5m"]))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Figures: world dispatch overhead vs a bare call vs a fresh world per call."""
+    install_project(session)
+    session.run("python", "benchmarks/bench_world.py", *session.posargs)
 
 
 @nox.session
@@ -47,7 +88,26 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
-def bench(session: nox.Session) -> None:
-    """Figures: world dispatch overhead vs a bare call vs a fresh world per call."""
-    install_project(session)
-    session.run("python", "benchmarks/bench_world.py", *session.posargs)
+@nox.parametrize("release", TORCH_MATRIX)
+def torch_matrix(session: nox.Session, release: str) -> None:
+    """The suite against each torch release of TORCH_MATRIX, with torch's known divergences."""
+    try:
+        session.install(f"torch=={release}", silent=True)
+    except nox.command.CommandFailed:
+        session.skip(f"torch {release} cannot be installed on this machine")
+    session.install("-e", ".[dev]")
+    session.run(
+        "python",
+        "-m",
+        "conformance",
+        "run",
+        "--target",
+        "torch",
+        "--profile",
+        "ci",
+        "--jobs",
+        "2",
+        "--json",
+        f"conformance-torch-{release}.json",
+        *session.posargs,
+    )

@@ -5,7 +5,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import conformance, torch, hypothesis, xdist" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
+  # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options, e.g. --index-url
+  .venv/bin/pip install --quiet --disable-pip-version-check $TORCH_SPEC
   .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
   touch .venv/.installed
 fi
