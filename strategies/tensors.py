@@ -1,0 +1,197 @@
+"""Hypothesis strategies for tensor-like leaves: dtypes, plain tensors, meshes, placements,
+DTensors and ShardedTensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from hypothesis import strategies as st
+
+from strategies.placements import get_placement_model, registered_placements
+from strategies.spec import (
+    LAYOUTS,
+    DTensorSpec,
+    PlacementSpec,
+    ShardedTensorSpec,
+    TensorSpec,
+)
+
+#: Every dtype torch offers on CPU (unsigned 16/32/64-bit only where this torch has them).
+ALL_DTYPES: tuple[str, ...] = (
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    *(name for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)),
+)
+
+#: Dtypes gloo collectives (broadcast, all_gather, all_reduce) accept: not int16 nor the
+#: wide unsigned ints ("Invalid scalar type" in torch 2.13). The default for trees.
+GLOO_DTYPES: tuple[str, ...] = tuple(
+    d for d in ALL_DTYPES if d not in ("int16", "uint16", "uint32", "uint64")
+)
+
+
+def dtypes(*, include: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
+    """A dtype name from ``include``."""
+    return st.sampled_from(tuple(include))
+
+
+def shapes(
+    *, min_dims: int = 0, max_dims: int = 3, min_side: int = 0, max_side: int = 5
+) -> st.SearchStrategy[tuple[int, ...]]:
+    """A shape: 0-d, empty (a 0 side) and uneven sides all included."""
+    return st.lists(
+        st.integers(min_side, max_side), min_size=min_dims, max_size=max_dims
+    ).map(tuple)
+
+
+def layouts_for(ndim: int, layouts: Sequence[str] = LAYOUTS) -> tuple[str, ...]:
+    """The layouts in ``layouts`` a tensor of ``ndim`` dims can take."""
+    need = {"transposed": 2, "strided": 1}
+    return tuple(layout for layout in layouts if ndim >= need.get(layout, 0))
+
+
+@st.composite
+def tensor_specs(
+    draw: st.DrawFn,
+    *,
+    min_dims: int = 0,
+    max_dims: int = 3,
+    min_side: int = 0,
+    max_side: int = 5,
+    dtypes: Sequence[str] = ALL_DTYPES,
+    layouts: Sequence[str] = LAYOUTS,
+    per_rank: bool | None = None,
+) -> TensorSpec:
+    """A plain tensor spec. ``per_rank=None`` draws the flag; a layout the shape cannot take
+    falls back to ``"contiguous"``. Share groups are assigned by the tree strategies."""
+    shape = draw(
+        shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side),
+        label="shape",
+    )
+    dtype = draw(st.sampled_from(tuple(dtypes)), label="dtype")
+    layout = draw(st.sampled_from(layouts_for(len(shape), layouts) or ("contiguous",)))
+    rank_dependent = draw(st.booleans()) if per_rank is None else per_rank
+    return TensorSpec(shape, dtype, layout, rank_dependent)
+
+
+def mesh_factorisations(world_size: int, *, min_dims: int = 1, max_dims: int = 3):
+    """Every ordered factorisation of ``world_size`` into min_dims..max_dims sides
+    (size-1 sides included), shortest first."""
+    out: list[tuple[int, ...]] = []
+
+    def extend(prefix: tuple[int, ...], rest: int, dims: int) -> None:
+        if dims == 0:
+            if rest == 1:
+                out.append(prefix)
+            return
+        for side in range(1, rest + 1):
+            if rest % side == 0:
+                extend((*prefix, side), rest // side, dims - 1)
+
+    for dims in range(min_dims, max_dims + 1):
+        extend((), world_size, dims)
+    return tuple(out)
+
+
+def mesh_shapes(
+    world_size: int, *, min_dims: int = 1, max_dims: int = 3
+) -> st.SearchStrategy[tuple[int, ...]]:
+    """A mesh shape whose sides multiply to ``world_size``."""
+    return st.sampled_from(mesh_factorisations(world_size, min_dims=min_dims, max_dims=max_dims))
+
+
+@st.composite
+def placements_for(
+    draw: st.DrawFn,
+    tensor: TensorSpec,
+    mesh_shape: tuple[int, ...],
+    *,
+    kinds: Sequence[str] | None = None,
+) -> tuple[PlacementSpec, ...]:
+    """One placement per mesh dim from the registered kinds (or ``kinds``) that apply to
+    ``tensor``; uneven and empty shards come from uneven or small tensor sides. A mesh dim
+    where no requested kind applies (a 0-d tensor with ``kinds=("shard",)``) gets
+    ``replicate``."""
+    chosen = tuple(registered_placements() if kinds is None else kinds)
+    placements: tuple[PlacementSpec, ...] = ()
+    for size in mesh_shape:
+        options = [
+            strategy
+            for kind in chosen
+            if (strategy := get_placement_model(kind).placements(tensor, size, placements))
+            is not None
+        ]
+        if not options:
+            options = [st.just(PlacementSpec("replicate"))]
+        placements += (draw(st.one_of(options), label="placement"),)
+    return placements
+
+
+@st.composite
+def dtensor_specs(
+    draw: st.DrawFn,
+    world_size: int,
+    *,
+    mesh_shape: tuple[int, ...] | None = None,
+    max_mesh_dims: int = 3,
+    min_dims: int = 0,
+    max_dims: int = 3,
+    max_side: int = 9,
+    dtypes: Sequence[str] = GLOO_DTYPES,
+    kinds: Sequence[str] | None = None,
+) -> DTensorSpec:
+    """A DTensor: contiguous global tensor, a mesh of ``world_size`` (drawn unless given),
+    one placement per mesh dim."""
+    if mesh_shape is None:
+        mesh_shape = draw(mesh_shapes(world_size, max_dims=max_mesh_dims), label="mesh_shape")
+    tensor = draw(
+        tensor_specs(
+            min_dims=min_dims,
+            max_dims=max_dims,
+            max_side=max_side,
+            dtypes=dtypes,
+            layouts=("contiguous",),
+            per_rank=False,
+        ),
+        label="global tensor",
+    )
+    placements = draw(placements_for(tensor, mesh_shape, kinds=kinds), label="placements")
+    return DTensorSpec(tensor, tuple(mesh_shape), placements)
+
+
+@st.composite
+def sharded_tensor_specs(
+    draw: st.DrawFn,
+    world_size: int,
+    *,
+    max_dims: int = 3,
+    max_side: int = 9,
+    dtypes: Sequence[str] = GLOO_DTYPES,
+) -> ShardedTensorSpec:
+    """A chunk-sharded ShardedTensor on any dim, any rank order; uneven and empty chunks
+    arise from sides not divisible by (or smaller than) ``world_size``."""
+    tensor = draw(
+        tensor_specs(
+            min_dims=1,
+            max_dims=max_dims,
+            max_side=max_side,
+            dtypes=dtypes,
+            layouts=("contiguous",),
+            per_rank=False,
+        ),
+        label="global tensor",
+    )
+    dim = draw(st.integers(0, tensor.ndim - 1), label="dim")
+    rank_order = draw(st.permutations(range(world_size)), label="rank_order")
+    return ShardedTensorSpec(tensor, dim, tuple(rank_order))
