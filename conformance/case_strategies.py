@@ -247,7 +247,9 @@ def full_state_dicts(draw: st.DrawFn, world_size: int) -> DictSpec:
 
 
 @st.composite
-def local_for(draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bool = False) -> DictSpec:
+def local_for(
+    draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bool = False, allow_dtensors: bool = True
+) -> DictSpec:
     """A local state dict for ``full``: per key missing, a plain tensor, a DTensor of the same
     global shape and dtype, or a None entry; plus keys that ``full`` lacks."""
     from strategies.tensors import mesh_shapes
@@ -259,10 +261,8 @@ def local_for(draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bo
             if draw(st.booleans()):
                 items.append((key, ValueSpec(0)))
             continue
-        how = draw(
-            st.sampled_from(["missing", "tensor", "dtensor", "dtensor", "none"]),
-            label=f"local {key}",
-        )
+        kinds = ["missing", "tensor", "none"] + (["dtensor", "dtensor"] if allow_dtensors else [])
+        how = draw(st.sampled_from(kinds), label=f"local {key}")
         plain = TensorSpec(leaf.shape, leaf.dtype)
         if how == "tensor":
             items.append((key, plain))
@@ -282,11 +282,15 @@ def broadcast_cases(
 ) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
-    local = draw(local_for(full, ws), label="local_state_dict")
     if utility == "broadcast_state_dict":
-        kwargs = _kwargs(strict=draw(st.booleans()), cpu_offload=draw(st.booleans()), pg=draw(PGS))
+        # "tail": a subgroup without global rank 0 (so its source is global rank 1); DTensors
+        # live on meshes over every rank, so such cases hold plain tensors only
+        pg = draw(st.sampled_from([None, "world", "copy", "tail"]), label="pg")
+        kwargs = _kwargs(strict=draw(st.booleans()), cpu_offload=draw(st.booleans()), pg=pg)
     else:
-        kwargs = _kwargs(pg=draw(PGS))
+        pg = draw(PGS)
+        kwargs = _kwargs(pg=pg)
+    local = draw(local_for(full, ws, allow_dtensors=pg != "tail"), label="local_state_dict")
     return Case(utility, ws, draw(SEEDS), full, other=local, kwargs=kwargs)
 
 

@@ -36,7 +36,9 @@ def _world_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"takes integers separated by commas, e.g. 2,4; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"takes integers separated by commas, e.g. 2,4; got {text!r}"
+        ) from None
     if not sizes or any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
         raise argparse.ArgumentTypeError(f"sizes must lie between 1 and {MAX_WORLD_SIZE}; got {text!r}")
     return sizes

@@ -82,7 +82,17 @@ class CallContext:
 
         if choice == "world":
             return dist.group.WORLD
-        return context().group(tuple(range(context().world_size)))
+        return context().group(pg_ranks(choice, context().world_size))
+
+    def in_pg(self) -> bool:
+        """Whether this rank belongs to the case's ``pg`` (every rank for the default)."""
+        return self.rank in pg_ranks(self.case.kwarg("pg"), context().world_size)
+
+
+def pg_ranks(choice: str | None, world_size: int) -> tuple[int, ...]:
+    """Global ranks of a ``pg`` kwarg: "tail" is every rank but 0, so its group rank 0 is
+    global rank 1; anything else is every rank."""
+    return tuple(range(1, world_size)) if choice == "tail" else tuple(range(world_size))
 
 
 def _call_gather(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
@@ -119,8 +129,8 @@ def _call_similarity(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], d
 
 def _full_and_local(c: CallContext, only_rank0: bool) -> tuple[dict, dict]:
     full = c.build(c.case.state_dict, FULL_ROOT).value
-    if only_rank0 and c.rank != 0:
-        full = {}
+    if only_rank0 and c.rank != pg_ranks(c.case.kwarg("pg"), context().world_size)[0]:
+        full = {}  # only the group's rank 0 holds the full state dict
     local = c.build(
         c.case.other, "local_state_dict", seed_offset=1, meta_dtensors=bool(c.case.kwarg("meta"))
     ).value
@@ -131,6 +141,8 @@ def _call_broadcast_state_dict(c: CallContext, fn: Callable) -> tuple[Callable[[
     full, local = _full_and_local(c, only_rank0=True)
     kwargs = {k: v for k, v in c.case.call_kwargs().items() if k in ("strict", "cpu_offload")}
     device, pg = c.device_kwarg(), c.pg_kwarg()
+    if not c.in_pg():
+        return (lambda: None), {FULL_ROOT: full, "local_state_dict": local}  # not a member: no call
     return (lambda: fn(full, local, device=device, pg=pg, **kwargs)), {
         FULL_ROOT: full,
         "local_state_dict": local,

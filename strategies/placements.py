@@ -6,10 +6,11 @@ Writing a placement model (the :class:`PlacementModel` protocol)::
     class ReverseShard:
         kind = "reverse_shard"                      # unique name, used in PlacementSpec.kind
 
-        def placements(self, tensor: TensorSpec, mesh_dim_size: int, previous):
-            # a Hypothesis strategy of PlacementSpec(kind, params) valid for this tensor on a
-            # mesh dim of this size, given the placements `previous` drawn for the mesh dims
-            # to its left; or None when the kind does not apply (e.g. 0-d tensors)
+        def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
+            # a Hypothesis strategy of PlacementSpec(kind, params) valid for this tensor on
+            # mesh dim `mesh_dim` of `mesh_shape`, given the placements `previous` drawn for
+            # the mesh dims to its left (parent_shapes() gives the tensor's shapes there);
+            # or None when the kind does not apply (e.g. 0-d tensors)
 
         def split(self, tensor, n, spec, generator) -> list[Tensor]:
             # what index i = 0..n-1 along ONE mesh dim of size n holds, given the tensor at
@@ -29,6 +30,7 @@ by mesh dim, left to right (:func:`split_over_mesh`). Register an instance with
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import math
@@ -47,7 +49,11 @@ class PlacementModel(Protocol):
     kind: str
 
     def placements(
-        self, tensor: TensorSpec, mesh_dim_size: int, previous: tuple[PlacementSpec, ...]
+        self,
+        tensor: TensorSpec,
+        mesh_shape: tuple[int, ...],
+        mesh_dim: int,
+        previous: tuple[PlacementSpec, ...],
     ) -> st.SearchStrategy[PlacementSpec] | None: ...
 
     def split(
@@ -117,7 +123,7 @@ class ShardModel(_IndexShardModel):
 
     kind = "shard"
 
-    def placements(self, tensor: TensorSpec, mesh_dim_size: int, previous=()):
+    def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
         if tensor.ndim == 0:
             return None
         return st.builds(
@@ -137,25 +143,37 @@ class ShardModel(_IndexShardModel):
 class StridedShardModel(_IndexShardModel):
     """``_StridedShard(dim, split_factor=sf)``: see :func:`strided_shard_indices`.
 
-    Uneven pieces are drawn too: torch 2.13 handles them in ``from_local`` and
-    ``full_tensor``, but its ``distribute_tensor`` asserts, so materialise with ``from_local``.
+    Drawn only as the first sharding of its tensor dim and only where every piece has the
+    same length: with torch 2.13, uneven pieces make ``distribute_tensor`` assert and
+    ``full_tensor`` hang, and a second sharding of the same dim with an arbitrary
+    split_factor makes ``full_tensor`` reorder rows. ``StridedShardModel(allow_uneven=True)``
+    (registered with ``replace=True``) draws the uneven ones too; the model handles them.
     """
 
     kind = "strided_shard"
 
-    def __init__(self, max_split_factor: int = 4) -> None:
+    def __init__(self, max_split_factor: int = 4, allow_uneven: bool = False) -> None:
         self.max_split_factor = max_split_factor
+        self.allow_uneven = allow_uneven
 
-    def placements(self, tensor: TensorSpec, mesh_dim_size: int, previous=()):
-        # torch only round-trips a _StridedShard that is the first sharding of its dim
+    def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
+        # torch 2.13 only round-trips a _StridedShard that is the first sharding of its dim
+        # and splits evenly (uneven ones hang full_tensor), unless allow_uneven is set
         taken = {p.param("dim") for p in previous if p.kind in ("shard", "strided_shard")}
-        free = [d for d in range(tensor.ndim) if d not in taken]
-        if not free:
+        n = mesh_shape[mesh_dim]
+        parents = parent_shapes(tensor, mesh_shape, previous)
+        options = [
+            (d, sf)
+            for d in range(tensor.ndim)
+            if d not in taken
+            for sf in range(1, self.max_split_factor + 1)
+            if self.allow_uneven
+            or all(len({len(p) for p in strided_shard_indices(shape[d], n, sf)}) == 1 for shape in parents)
+        ]
+        if not options:
             return None
-        return st.builds(
-            lambda d, sf: PlacementSpec("strided_shard", (("dim", d), ("split_factor", sf))),
-            st.sampled_from(free),
-            st.integers(1, self.max_split_factor),
+        return st.sampled_from(options).map(
+            lambda o: PlacementSpec("strided_shard", (("dim", o[0]), ("split_factor", o[1])))
         )
 
     def indices(self, size: int, n: int, spec: PlacementSpec) -> list[list[int]]:
@@ -172,7 +190,7 @@ class ReplicateModel:
 
     kind = "replicate"
 
-    def placements(self, tensor: TensorSpec, mesh_dim_size: int, previous=()):
+    def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
         return st.just(PlacementSpec("replicate"))
 
     def split(self, tensor, n, spec, generator):
@@ -213,7 +231,7 @@ class PartialModel:
     - sum: index i > 0 holds small integers d_i (same sign as the element, |sum| <= |v| for
       integers so nothing overflows), index 0 holds v - sum(d_i). Non-finite and zero-signed
       float elements: index 0 holds v, others +0.0 (all -0.0 when v is -0.0).
-    - avg: index i holds v + e_i with sum(e_i) = 0 (finite elements; others hold v).
+    - avg: index i holds v + e_i with sum(e_i) = 0 (finite non-zero elements; others hold v).
     - max / min: index 0 holds v, the others v - k / v + k (k >= 1, clamped to the range;
       non-finite floats held by all).
     - bool: sum/max are logical or (index 0 holds v, others v & random), min is logical and
@@ -222,7 +240,7 @@ class PartialModel:
 
     kind = "partial"
 
-    def placements(self, tensor: TensorSpec, mesh_dim_size: int, previous=()):
+    def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
         ops = partial_reduce_ops(tensor.dtype)
         if not ops:
             return None
@@ -249,7 +267,7 @@ class PartialModel:
 
     def _split_float(self, tensor, n, op, generator):
         v = tensor.double()
-        plain = torch.isfinite(v) & (v != 0) if op == "sum" else torch.isfinite(v)
+        plain = torch.isfinite(v) & (v != 0) if op in ("sum", "avg") else torch.isfinite(v)
         parts = []
         if op in ("sum", "avg"):
             d = [_small(generator, v.shape, -3, 3).double() for _ in range(n - 1)]
@@ -271,10 +289,7 @@ class PartialModel:
         if op == "sum":
             # |d_i| <= trunc(|v| / n) keeps every contribution between 0 and v: no overflow
             bound = torch.div(v, n, rounding_mode="trunc").abs()
-            d = [
-                torch.minimum(_small(generator, v.shape, 0, 3), bound) * v.sign()
-                for _ in range(n - 1)
-            ]
+            d = [torch.minimum(_small(generator, v.shape, 0, 3), bound) * v.sign() for _ in range(n - 1)]
             parts = [v - sum(d, torch.zeros_like(v)), *d]
         else:
             # move away from v only where that cannot leave the dtype's range
@@ -283,8 +298,7 @@ class PartialModel:
             else:
                 room, sign = v < int(info.max) - 3, 1
             parts = [v] + [
-                torch.where(room, v + sign * _small(generator, v.shape, 1, 3), v)
-                for _ in range(n - 1)
+                torch.where(room, v + sign * _small(generator, v.shape, 1, 3), v) for _ in range(n - 1)
             ]
         return [p.to(tensor.dtype) for p in parts]
 
@@ -303,7 +317,9 @@ class PartialModel:
             return stacked.amin(0)
         if not dtype.is_floating_point:
             return stacked.sum(0, dtype=dtype)
-        total = stacked.double().sum(0)
+        # a left fold, as a collective adds buffers: torch.sum would start from +0.0 and
+        # turn an all -0.0 element into +0.0
+        total = functools.reduce(torch.add, [p.double() for p in parts])
         return (total / len(parts) if op == "avg" else total).to(dtype)
 
     def to_torch(self, spec: PlacementSpec):
@@ -368,6 +384,17 @@ BUILTIN_PLACEMENTS: tuple[str, ...] = registered_placements()
 # Whole-mesh semantics
 
 
+def parent_shapes(
+    tensor: TensorSpec, mesh_shape: tuple[int, ...], previous: tuple[PlacementSpec, ...]
+) -> set[tuple[int, ...]]:
+    """The shapes the tensor has, across coordinates, after the placements ``previous`` on
+    the first ``len(previous)`` mesh dims (what the next mesh dim splits)."""
+    zeros = torch.zeros(tensor.shape)
+    prefix = mesh_shape[: len(previous)]
+    parts = split_over_mesh(zeros, prefix, previous, torch.Generator().manual_seed(0))
+    return {tuple(t.shape) for t in parts.values()}
+
+
 def split_over_mesh(
     tensor: torch.Tensor,
     mesh_shape: tuple[int, ...],
@@ -401,9 +428,7 @@ def join_over_mesh(
         model = get_placement_model(placements[depth].kind)
         prefixes = itertools.product(*(range(m) for m in mesh_shape[:depth]))
         level = {
-            prefix: model.join(
-                [level[(*prefix, i)] for i in range(mesh_shape[depth])], placements[depth]
-            )
+            prefix: model.join([level[(*prefix, i)] for i in range(mesh_shape[depth])], placements[depth])
             for prefix in prefixes
         }
     return level[()]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -39,9 +39,9 @@ UNSUPPORTED_KINDS: tuple[str, ...] = ("set", "object", "complex_number")
 DICT_KINDS: tuple[str, ...] = ("dict", "ordered_dict")
 SEQ_KINDS: tuple[str, ...] = ("list", "tuple", "namedtuple")
 
-Key = Union[str, int]
+Key = str | int
 Path = tuple[Key, ...]
-PlacementParam = Union[int, str]
+PlacementParam = int | str
 
 
 def _check(condition: bool, message: str) -> None:
@@ -124,9 +124,7 @@ class ShardedTensorSpec:
 
     def __post_init__(self) -> None:
         _check(0 <= self.dim < self.tensor.ndim, f"dim {self.dim} out of range")
-        _check(
-            sorted(self.rank_order) == list(range(len(self.rank_order))), "rank_order not a perm"
-        )
+        _check(sorted(self.rank_order) == list(range(len(self.rank_order))), "rank_order not a perm")
 
 
 @dataclass(frozen=True)
@@ -176,8 +174,8 @@ class SeqSpec:
         _check(self.kind in SEQ_KINDS, f"unknown sequence kind {self.kind!r}")
 
 
-Leaf = Union[TensorSpec, DTensorSpec, ShardedTensorSpec, ValueSpec, BytesIOSpec, UnsupportedSpec]
-Spec = Union[Leaf, DictSpec, SeqSpec]
+Leaf = TensorSpec | DTensorSpec | ShardedTensorSpec | ValueSpec | BytesIOSpec | UnsupportedSpec
+Spec = Leaf | DictSpec | SeqSpec
 TENSOR_LEAVES = (TensorSpec, DTensorSpec, ShardedTensorSpec)
 
 
@@ -312,9 +310,7 @@ def _tensor_to_json(spec: TensorSpec) -> dict[str, Any]:
 
 
 def _tensor_from_json(obj: dict[str, Any]) -> TensorSpec:
-    return TensorSpec(
-        tuple(obj["shape"]), obj["dtype"], obj["layout"], obj["per_rank"], obj["view_of"]
-    )
+    return TensorSpec(tuple(obj["shape"]), obj["dtype"], obj["layout"], obj["per_rank"], obj["view_of"])
 
 
 def spec_to_json(spec: Spec) -> dict[str, Any]:
@@ -358,14 +354,11 @@ def spec_from_json(obj: dict[str, Any]) -> Spec:
         return _tensor_from_json(obj)
     if kind == "dtensor":
         placements = tuple(
-            PlacementSpec(p["kind"], tuple((k, v) for k, v in p["params"]))
-            for p in obj["placements"]
+            PlacementSpec(p["kind"], tuple((k, v) for k, v in p["params"])) for p in obj["placements"]
         )
         return DTensorSpec(_tensor_from_json(obj["tensor"]), tuple(obj["mesh_shape"]), placements)
     if kind == "sharded_tensor":
-        return ShardedTensorSpec(
-            _tensor_from_json(obj["tensor"]), obj["dim"], tuple(obj["rank_order"])
-        )
+        return ShardedTensorSpec(_tensor_from_json(obj["tensor"]), obj["dim"], tuple(obj["rank_order"]))
     if kind == "value":
         return ValueSpec(_value_from_json(obj))
     if kind == "bytesio":

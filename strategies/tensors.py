@@ -50,9 +50,7 @@ def shapes(
     *, min_dims: int = 0, max_dims: int = 3, min_side: int = 0, max_side: int = 5
 ) -> st.SearchStrategy[tuple[int, ...]]:
     """A shape: 0-d, empty (a 0 side) and uneven sides all included."""
-    return st.lists(
-        st.integers(min_side, max_side), min_size=min_dims, max_size=max_dims
-    ).map(tuple)
+    return st.lists(st.integers(min_side, max_side), min_size=min_dims, max_size=max_dims).map(tuple)
 
 
 def layouts_for(ndim: int, layouts: Sequence[str] = LAYOUTS) -> tuple[str, ...]:
@@ -125,11 +123,15 @@ def placements_for(
     ``replicate``."""
     chosen = tuple(registered_placements() if kinds is None else kinds)
     placements: tuple[PlacementSpec, ...] = ()
-    for size in mesh_shape:
+    for mesh_dim in range(len(mesh_shape)):
         options = [
             strategy
             for kind in chosen
-            if (strategy := get_placement_model(kind).placements(tensor, size, placements))
+            if (
+                strategy := get_placement_model(kind).placements(
+                    tensor, tuple(mesh_shape), mesh_dim, placements
+                )
+            )
             is not None
         ]
         if not options:

@@ -52,9 +52,7 @@ def python_values() -> st.SearchStrategy[int | float | bool | str | bytes | None
     )
 
 
-def keys(
-    *, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_."
-) -> st.SearchStrategy[Key]:
+def keys(*, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_.") -> st.SearchStrategy[Key]:
     """A dict key: short str (possibly empty or dotted) or small int."""
     options = []
     if "str" in key_kinds:
@@ -117,9 +115,7 @@ def share_groups(draw: st.DrawFn, tree: Spec, *, max_groups: int = 2) -> Spec:
             group = draw(st.one_of(st.none(), st.integers(0, max_groups - 1)), label="view_of")
             if group is not None:
                 label = f"g{group}-{leaf.dtype}-{'rank' if leaf.per_rank else 'same'}"
-                replacements[path] = TensorSpec(
-                    leaf.shape, leaf.dtype, leaf.layout, leaf.per_rank, label
-                )
+                replacements[path] = TensorSpec(leaf.shape, leaf.dtype, leaf.layout, leaf.per_rank, label)
     return replace_leaves(tree, replacements)
 
 
@@ -158,9 +154,7 @@ def state_dict_specs(
         dict_keys: list[Key] = []
         if kind in DICT_KINDS:
             dict_keys = draw(
-                st.lists(
-                    keys(key_kinds=key_kinds), min_size=width, max_size=width, unique_by=_key_id
-                ),
+                st.lists(keys(key_kinds=key_kinds), min_size=width, max_size=width, unique_by=_key_id),
                 label="keys",
             )
         children = [node(depth + 1, container_kinds) for _ in range(width)]

@@ -55,9 +55,7 @@ def _values(numel: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     return (perm * span).to(torch.int64).to(dtype)
 
 
-def make_global_tensor(
-    spec: TensorSpec, seed: int, path: Path, rank: int | None = None
-) -> torch.Tensor:
+def make_global_tensor(spec: TensorSpec, seed: int, path: Path, rank: int | None = None) -> torch.Tensor:
     """The contiguous tensor of ``spec.shape``/``spec.dtype`` for the leaf at ``path``.
 
     Deterministic in its arguments; ``rank`` is mixed in only when ``spec.per_rank``.

@@ -8,23 +8,26 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
+from strategies.placements import parent_shapes
 from strategies.spec import PlacementSpec, TensorSpec
 
 
 class EvenShard:
     kind = "even_shard"
 
-    def placements(self, tensor: TensorSpec, mesh_dim_size: int, previous=()):
-        dims = [d for d, side in enumerate(tensor.shape) if side % mesh_dim_size == 0]
+    def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
+        parents = parent_shapes(tensor, mesh_shape, previous)
+        n = mesh_shape[mesh_dim]
+        dims = [d for d in range(tensor.ndim) if all(shape[d] % n == 0 for shape in parents)]
         if not dims:
             return None
         return st.sampled_from(dims).map(lambda d: PlacementSpec(self.kind, (("dim", d),)))
 
     def split(self, tensor, n, spec, generator):
         dim = spec.param("dim")
-        return list(torch.split(tensor, tensor.shape[dim] // n, dim=dim)) if tensor.shape[
-            dim
-        ] else [tensor] * n
+        return (
+            list(torch.split(tensor, tensor.shape[dim] // n, dim=dim)) if tensor.shape[dim] else [tensor] * n
+        )
 
     def join(self, parts, spec):
         dim = spec.param("dim")

@@ -58,12 +58,18 @@ def test_tolerance_applies_only_where_the_expected_leaf_allows_it():
 
 
 def _tensor(data, **facts):
-    return TensorObs("Tensor", "cpu", str(data.dtype).removeprefix("torch."), tuple(data.shape), data, **facts)
+    return TensorObs(
+        "Tensor", "cpu", str(data.dtype).removeprefix("torch."), tuple(data.shape), data, **facts
+    )
 
 
 def test_difference_lines_name_rank_path_and_field():
     expected = Outcome(Container("dict", ("a",), (Container("list", (0,), (_tensor(torch.zeros(2)),)),)))
-    observed = Outcome(Container("dict", ("a",), (Container("tuple", (0,), (_tensor(torch.zeros(2, dtype=torch.float64)),)),)))
+    observed = Outcome(
+        Container(
+            "dict", ("a",), (Container("tuple", (0,), (_tensor(torch.zeros(2, dtype=torch.float64)),)),)
+        )
+    )
     diffs = compare_outcomes(expected, observed, rank=1)
     assert "rank 1, state_dict['a']: container is tuple, expected list" in diffs
     assert "rank 1, state_dict['a'][0]: dtype is torch.float64, expected torch.float32" in diffs
@@ -73,21 +79,39 @@ def test_any_leaves_facts_open_and_raised_messages_are_substrings():
     expected = Outcome(_tensor(torch.ones(1), aliases=ANY))
     observed = Outcome(_tensor(torch.ones(1), aliases="state_dict['x']"))
     assert compare_outcomes(expected, observed, 0) == []
-    assert compare_outcomes(Outcome(RaisedObs("ValueError", "['a']")), Outcome(RaisedObs("ValueError", "at state_dict['a']: bad")), 0) == []
+    assert (
+        compare_outcomes(
+            Outcome(RaisedObs("ValueError", "['a']")),
+            Outcome(RaisedObs("ValueError", "at state_dict['a']: bad")),
+            0,
+        )
+        == []
+    )
     diffs = compare_outcomes(Outcome(RaisedObs("ValueError", "['a']")), Outcome(ValueObs("int", 1)), 0)
     assert diffs == ["rank 0, state_dict: returned int 1, expected to raise ValueError(\"['a']\")"]
 
 
 def _case() -> Case:
-    return Case("gather_state_dict", 2, 0, DictSpec((("a", TensorSpec((2,), "float32")), ("b", ValueSpec(1)))))
+    return Case(
+        "gather_state_dict", 2, 0, DictSpec((("a", TensorSpec((2,), "float32")), ("b", ValueSpec(1))))
+    )
 
 
 def test_a_divergence_excuses_only_the_lines_it_matches():
     import re
 
-    entry = Divergence("kinds", ("gather_state_dict",), "why", re.compile(r"container is dict, expected OrderedDict"), "sdc1:")
+    entry = Divergence(
+        "kinds",
+        ("gather_state_dict",),
+        "why",
+        re.compile(r"container is dict, expected OrderedDict"),
+        "sdc1:",
+    )
     divergences = Divergences((entry,))
-    lines = ["rank 0, state_dict: container is dict, expected OrderedDict", "rank 0, state_dict['a']: data differs"]
+    lines = [
+        "rank 0, state_dict: container is dict, expected OrderedDict",
+        "rank 0, state_dict['a']: data differs",
+    ]
     left, used = divergences.excuse(_case(), lines)
     assert left == ["rank 0, state_dict['a']: data differs"]
     assert used == {"kinds": 1}
@@ -98,7 +122,14 @@ def test_a_divergence_excuses_only_the_lines_it_matches():
 def test_a_scoped_divergence_applies_only_to_cases_in_scope():
     import re
 
-    entry = Divergence("st", ("gather_state_dict",), "why", re.compile("data differs"), "sdc1:", scope="sharded_tensor_not_dim0_in_rank_order")
+    entry = Divergence(
+        "st",
+        ("gather_state_dict",),
+        "why",
+        re.compile("data differs"),
+        "sdc1:",
+        scope="sharded_tensor_not_dim0_in_rank_order",
+    )
     assert not entry.applies(_case(), "rank 0, state_dict['a']: data differs")
 
 
@@ -107,12 +138,16 @@ def test_divergence_files_are_validated(tmp_path):
     with pytest.raises(DivergenceFileError, match="cannot read known-divergence file"):
         load_divergences(str(tmp_path / "nope.toml"))
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[divergence]]\nid = "x"\nutility = "gather_state_dict"\nreason = "r"\nmatch = "("\nreplay = "sdc1:"\n')
+    bad.write_text(
+        '[[divergence]]\nid = "x"\nutility = "gather_state_dict"\nreason = "r"\nmatch = "("\nreplay = "sdc1:"\n'
+    )
     with pytest.raises(DivergenceFileError, match="bad match regex"):
         load_divergences(str(bad))
     bad.write_text('[[divergence]]\nid = "x"\n')
     with pytest.raises(DivergenceFileError, match="lacks the field"):
         load_divergences(str(bad))
-    bad.write_text('[[divergence]]\nid = "x"\nutility = "u"\nreason = "r"\nmatch = "m"\nreplay = "sdc1:"\nscope = "nope"\n')
+    bad.write_text(
+        '[[divergence]]\nid = "x"\nutility = "u"\nreason = "r"\nmatch = "m"\nreplay = "sdc1:"\nscope = "nope"\n'
+    )
     with pytest.raises(DivergenceFileError, match="unknown scope"):
         load_divergences(str(bad))

@@ -51,9 +51,7 @@ def _local_state_dict(n: int) -> dict:
         "w": torch.zeros(1),
         "dt": zeros_dtensor((2 * n + 1, 3), (n,), [Shard(0)]),
         "dt2d": zeros_dtensor((4, 5), (2, n // 2), [Shard(1), Shard(0)]),
-        "strided": zeros_dtensor(
-            (4 * n, 2), (2, n // 2), [_StridedShard(0, split_factor=n // 2), Shard(0)]
-        ),
+        "strided": zeros_dtensor((4 * n, 2), (2, n // 2), [_StridedShard(0, split_factor=n // 2), Shard(0)]),
         "partial": zeros_dtensor((3,), (n,), [Partial("sum")], torch.float64),
         "partial_int": zeros_dtensor((3,), (n,), [Partial("sum")], torch.int64),
         "partial_max": zeros_dtensor((2,), (n,), [Partial("max")]),
@@ -133,9 +131,7 @@ def job_broadcast(strict: bool, cpu_offload: bool) -> list[str]:
     problems = _check_loaded(full, local, before, cpu_offload)
     if ("extra" in local) == strict:
         problems.append(f"strict={strict} but 'extra' present={'extra' in local}")
-    if ctx.rank == 0 and local["w"].untyped_storage().data_ptr() == (
-        full["w"].untyped_storage().data_ptr()
-    ):
+    if ctx.rank == 0 and local["w"].untyped_storage().data_ptr() == (full["w"].untyped_storage().data_ptr()):
         problems.append("rank 0's local entry aliases full_state_dict")
     return problems
 
@@ -215,9 +211,7 @@ def job_broadcast_tensors() -> list[str]:
     problems = []
     if not torch.equal(local["a"], global_tensor((n + 1, 2))):
         problems.append("plain entry")
-    if local["b"] is not dt or not torch.equal(
-        dt.full_tensor(), global_tensor((2 * n,), torch.int64)
-    ):
+    if local["b"] is not dt or not torch.equal(dt.full_tensor(), global_tensor((2 * n,), torch.int64)):
         problems.append("DTensor entry")
     return problems
 
@@ -236,9 +230,7 @@ def job_distribute_tensors() -> list[str]:
     even_dt = make_dtensor(torch.zeros(n, 2), (n,), [Shard(0)])
     uneven_dt = make_dtensor(torch.zeros(1, 2), (n,), [Shard(0)])
     meta_local = torch.empty(uneven_dt.to_local().shape, device="meta")
-    meta_dt = DTensor.from_local(
-        meta_local, mesh, [Shard(0)], run_check=False, shape=(1, 2), stride=(2, 1)
-    )
+    meta_dt = DTensor.from_local(meta_local, mesh, [Shard(0)], run_check=False, shape=(1, 2), stride=(2, 1))
     plain = torch.ones(3)
     local = {
         "even": [even_dt, even],
@@ -246,9 +238,7 @@ def job_distribute_tensors() -> list[str]:
         "meta": (meta_dt, uneven),
         "plain": plain,
     }
-    impl.distribute_tensors(
-        local, ["even", "uneven", "meta", "plain", "absent"], torch.device("cpu")
-    )
+    impl.distribute_tensors(local, ["even", "uneven", "meta", "plain", "absent"], torch.device("cpu"))
     problems = []
     for key, want, old in [
         ("even", even, even_dt),

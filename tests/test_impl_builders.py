@@ -31,9 +31,7 @@ def global_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) ->
     return (values % 100).to(dtype)
 
 
-def make_sharded(
-    full: torch.Tensor, dim: int, owners: list[int], device: str = "cpu"
-) -> ShardedTensor:
+def make_sharded(full: torch.Tensor, dim: int, owners: list[int], device: str = "cpu") -> ShardedTensor:
     """A ShardedTensor of ``full`` split along ``dim`` into ``len(owners)`` pieces
     (``torch.tensor_split``: uneven, possibly empty), piece i held by rank ``owners[i]``."""
     rank = context().rank

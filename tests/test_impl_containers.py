@@ -84,6 +84,5 @@ def test_type_check_message_names_path_and_type(bad) -> None:
     with pytest.raises(ValueError) as info:
         impl.offload_state_dict_to_cpu({"a": [1, {"k": bad}]})
     assert str(info.value) == (
-        f"unsupported value of type {name} at state_dict['a'][1]['k']; "
-        "pass type_check=False to deep-copy it"
+        f"unsupported value of type {name} at state_dict['a'][1]['k']; pass type_check=False to deep-copy it"
     )

@@ -35,9 +35,7 @@ def _expect_equal(problems: list[str], label: str, got: object, want: torch.Tens
     if not isinstance(got, torch.Tensor) or isinstance(got, DTensor):
         problems.append(f"{label}: got {type(got).__name__}, expected a plain tensor")
     elif got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
-        problems.append(
-            f"{label}: {got.dtype}{tuple(got.shape)} vs {want.dtype}{tuple(want.shape)}"
-        )
+        problems.append(f"{label}: {got.dtype}{tuple(got.shape)} vs {want.dtype}{tuple(want.shape)}")
     elif not torch.equal(got.cpu(), want):
         problems.append(f"{label}: values differ")
 
@@ -74,9 +72,7 @@ def job_gather_dtensors() -> list[str]:
     for op in ("sum", "avg", "max", "min"):
         state[op], expected[op] = make_partial(global_tensor((3, 2), torch.float64), op)
     for op in ("sum", "max"):
-        state[f"int16-{op}"], expected[f"int16-{op}"] = make_partial(
-            global_tensor((3,), torch.int16), op
-        )
+        state[f"int16-{op}"], expected[f"int16-{op}"] = make_partial(global_tensor((3,), torch.int16), op)
     # 2-D mesh mixing Partial and Shard: coordinate 0 on the Partial dim holds the pieces.
     full = global_tensor((5, 4))
     two = make_dtensor(full, (2, n // 2), [Replicate(), Shard(0)])
@@ -98,9 +94,7 @@ def job_gather_dtensors() -> list[str]:
     for key, want in expected.items():
         _expect_equal(problems, key, out[key], want)
         local = state[key].to_local()
-        if local.numel() and out[key].untyped_storage().data_ptr() == (
-            local.untyped_storage().data_ptr()
-        ):
+        if local.numel() and out[key].untyped_storage().data_ptr() == (local.untyped_storage().data_ptr()):
             problems.append(f"{key}: output aliases the DTensor's local tensor")
     if list(out) != list(state):
         problems.append("key order changed")

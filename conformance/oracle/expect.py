@@ -24,7 +24,7 @@ from conformance.observation import (
     ValueObs,
 )
 from conformance.oracle.inputs import RankInputs, map_spec, tensor_obs, value_obs
-from conformance.runner import FULL_ROOT, ROOT, global_specs
+from conformance.runner import FULL_ROOT, ROOT, global_specs, pg_ranks
 from strategies.placements import coordinate_of, split_over_mesh
 from strategies.spec import (
     DictSpec,
@@ -317,7 +317,16 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
 
 
 def _broadcast_state_dict(case: Case, rank: int) -> Outcome:
-    return _load(case, rank, strict=bool(case.kwarg("strict", False)))
+    members = pg_ranks(case.kwarg("pg"), case.world_size)
+    if rank not in members:  # outside the group: nothing is called, nothing changes
+        local = RankInputs(case.other, case.seed + 1, rank, case.world_size, "local_state_dict")
+        return Outcome(NONE, {"local_state_dict": local.observe_all()})
+    outcome = _load(case, rank, strict=bool(case.kwarg("strict", False)))
+    outcome.mutated.pop(FULL_ROOT, None)
+    if rank == members[0]:  # the source keeps its full state dict as it was
+        full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
+        outcome.mutated[FULL_ROOT] = full.observe_all()
+    return outcome
 
 
 def _distribute_state_dict(case: Case, rank: int) -> Outcome:
