@@ -37,8 +37,7 @@ def _describe(value: Any) -> str:
 
 def _shard_layout(value: Any) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     return sorted(
-        (tuple(s.metadata.shard_offsets), tuple(s.metadata.shard_sizes))
-        for s in value.local_shards()
+        (tuple(s.metadata.shard_offsets), tuple(s.metadata.shard_sizes)) for s in value.local_shards()
     )
 
 

@@ -95,8 +95,7 @@ def rebuild(template: Any, items: list[tuple[Any, Any]]) -> Any:
 
 def unsupported_message(value: Any, path: str) -> str:
     return (
-        f"unsupported value of type {type(value).__name__} at {path}; "
-        "pass type_check=False to deep-copy it"
+        f"unsupported value of type {type(value).__name__} at {path}; pass type_check=False to deep-copy it"
     )
 
 

@@ -78,9 +78,7 @@ def distribute_tensors(
     the DTensor holding its shard of the full tensor (in place unless meta); others untouched."""
     for key in keys:
         entry = local_state_dict.get(key)
-        if not (
-            isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], DTensor)
-        ):
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], DTensor)):
             continue
         local, full = entry
         error = _dtensor_mismatch(key, local, full.shape)
@@ -105,9 +103,7 @@ def _receive(info: Any, full: Any, is_src: bool, pg: dist.ProcessGroup, pg_devic
     return from_bytes(data, info.dtype, torch.Size(info.size))
 
 
-def _store(
-    local_state_dict: dict[str, Any], key: str, full: torch.Tensor, device, fresh: bool
-) -> None:
+def _store(local_state_dict: dict[str, Any], key: str, full: torch.Tensor, device, fresh: bool) -> None:
     """Write a full tensor into ``local_state_dict[key]`` if that entry is not None; a plain
     entry becomes a tensor on ``device`` that shares no storage with a non-``fresh`` ``full``."""
     local = local_state_dict.get(key)
@@ -139,9 +135,7 @@ def broadcast_tensors(
             infos.append(TensorInfo(value.size(), value.dtype))
         else:
             infos.append(TensorInfo(torch.Size(value.size), value.dtype))
-    _agree_on_local_shapes(
-        local_state_dict, list(zip(keys, infos, strict=True)), pg, "broadcast_tensors"
-    )
+    _agree_on_local_shapes(local_state_dict, list(zip(keys, infos, strict=True)), pg, "broadcast_tensors")
     for key, info in zip(keys, infos, strict=True):
         full = _receive(info, full_state_dict[key], is_src, pg, pg_device)
         _store(local_state_dict, key, full, device, fresh=True)

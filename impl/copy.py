@@ -59,8 +59,7 @@ def _copy_tree(src: Any, dst: Any, non_blocking: bool) -> Any:
             items = [(k, _copy_tree(v, dst[k], non_blocking)) for k, v in src.items()]
         else:
             items = [
-                (i, _copy_tree(v, d, non_blocking))
-                for (i, v), d in zip(children(src), dst, strict=True)
+                (i, _copy_tree(v, d, non_blocking)) for (i, v), d in zip(children(src), dst, strict=True)
             ]
         return rebuild(src, items)
     kind = leaf_kind(src)

@@ -9,5 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup-venv.sh
 export SDC_PROFILE="${SDC_PROFILE:-ci}"
+export SDC_WORLD_SIZES="${SDC_WORLD_SIZES:-2,4}"
 .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" tests conformance/suite --target impl "$@"
 .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" conformance/suite --target torch "$@"
