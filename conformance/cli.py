@@ -31,7 +31,7 @@ def _utilities(text: str | None) -> tuple[str, ...]:
 
 
 def _world_sizes(text: str) -> tuple[int, ...]:
-    from conformance.world import MAX_WORLD_SIZE
+    from conformance.world import max_world_size
 
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
@@ -39,8 +39,8 @@ def _world_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"takes integers separated by commas, e.g. 2,4; got {text!r}"
         ) from None
-    if not sizes or any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
-        raise argparse.ArgumentTypeError(f"sizes must lie between 1 and {MAX_WORLD_SIZE}; got {text!r}")
+    if not sizes or any(not 1 <= s <= max_world_size() for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must lie between 1 and {max_world_size()}; got {text!r}")
     return sizes
 
 
@@ -100,6 +100,12 @@ def _common_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.launcher == "torchrun":
+        if "WORLD_SIZE" not in os.environ:
+            raise UsageError(
+                "--launcher torchrun must run under torchrun: torchrun --nproc-per-node N -m conformance run ..."
+            )
+        args.world_sizes = (int(os.environ["WORLD_SIZE"]),)  # the launched world is the only one
     import pytest
     import torch
 
@@ -123,13 +129,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         pytest_args += ["-n", str(args.jobs)]
     if args.junit:
         pytest_args += [f"--junitxml={args.junit}"]
+    collector = Collector()
+    start = time.perf_counter()
     if args.launcher == "torchrun":
         from conformance.torchrun import run_under_torchrun
 
-        return run_under_torchrun(pytest_args)
-    collector = Collector()
-    start = time.perf_counter()
-    status = pytest.main(pytest_args, plugins=[collector])
+        if args.jobs > 1:
+            raise UsageError("--jobs cannot be combined with --launcher torchrun; torchrun sets the ranks")
+        status = run_under_torchrun(pytest_args, plugins=[collector])
+        if os.environ.get("RANK", "0") != "0":
+            return status  # only rank 0 drives the suite and reports
+    else:
+        status = pytest.main(pytest_args, plugins=[collector])
     seconds = time.perf_counter() - start
     if status in (pytest.ExitCode.USAGE_ERROR,):
         return 2

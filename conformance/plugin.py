@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from conformance.harness import Harness, HarnessConfig, set_active_config
 from conformance.targets import UTILITIES
-from conformance.world import MAX_WORLD_SIZE
+from conformance.world import max_world_size
 
 PROFILES = ("dev", "ci", "fuzz")
 _COMMON = {
@@ -72,8 +72,10 @@ def read_config(config: pytest.Config) -> HarnessConfig:
         raise pytest.UsageError(
             f"--world-sizes must be integers separated by commas, got {sizes_text!r}"
         ) from None
-    if not sizes or any(not 1 <= s <= MAX_WORLD_SIZE for s in sizes):
-        raise pytest.UsageError(f"--world-sizes must lie between 1 and {MAX_WORLD_SIZE}, got {sizes_text!r}")
+    if not sizes or any(not 1 <= s <= max_world_size() for s in sizes):
+        raise pytest.UsageError(
+            f"--world-sizes must lie between 1 and {max_world_size()}, got {sizes_text!r}"
+        )
     backend = _setting(config, "backend", "gloo")
     if backend not in ("gloo", "nccl"):
         raise pytest.UsageError(f"--backend must be gloo or nccl, got {backend!r}")

@@ -27,6 +27,16 @@ DEFAULT_JOB_TIMEOUT = 30.0
 # After one rank raises, the others get this long to finish before the world is killed.
 DEFAULT_ERROR_GRACE = 2.0
 MAX_WORLD_SIZE = 8
+
+
+def max_world_size() -> int:
+    """Spawned worlds stop at MAX_WORLD_SIZE; under torchrun the launched world sets the limit."""
+    launched = os.environ.get("SDC_LAUNCHER") == "torchrun" or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and os.environ.get("WORLD_SIZE"):
+        return max(MAX_WORLD_SIZE, int(os.environ["WORLD_SIZE"]))
+    return MAX_WORLD_SIZE
+
+
 BACKENDS = ("gloo", "nccl")
 
 
