@@ -10,6 +10,8 @@ from conformance.case import Case
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
+    Key,
+    Path,
     SeqSpec,
     ShardedTensorSpec,
     Spec,
@@ -27,7 +29,7 @@ SEEDS = st.integers(0, 2**31 - 1)
 
 
 @st.composite
-def nested_state_dicts(draw: st.DrawFn, world_size: int, allow_unsupported: bool = False, **kw) -> Spec:
+def nested_state_dicts(draw: st.DrawFn, world_size: int, allow_unsupported: bool = False, **kw) -> DictSpec:
     """Arbitrary trees most of the time, realistic model+optimizer state dicts otherwise."""
     if draw(st.integers(0, 3), label="realistic") == 0:
         return draw(model_optim_state_dicts(world_size))
@@ -90,8 +92,9 @@ def altered(draw: st.DrawFn, spec: Spec) -> Spec:
         path, leaf = draw(st.sampled_from(leaves), label="altered leaf")
         return replace_leaves(spec, {path: draw(_altered_leaf(leaf))})
     path, node = draw(st.sampled_from(containers), label="altered container")
+    new: Spec
     if isinstance(node, DictSpec):
-        if node.items and draw(st.booleans()):
+        if bool(node.items) and draw(st.booleans()):
             new = DictSpec(node.items[:-1], node.kind)
         else:
             new = DictSpec((*node.items, ("__extra__", ValueSpec(1))), node.kind)
@@ -124,8 +127,10 @@ def _altered_leaf(draw: st.DrawFn, leaf: Spec) -> Spec:
     return TensorSpec((1,), "float32")
 
 
-def _containers(spec: Spec, path: tuple = ()) -> list[tuple[tuple, Spec]]:
-    out = [(path, spec)] if isinstance(spec, (DictSpec, SeqSpec)) else []
+def _containers(spec: Spec, path: Path = ()) -> list[tuple[Path, DictSpec | SeqSpec]]:
+    out: list[tuple[Path, DictSpec | SeqSpec]] = (
+        [(path, spec)] if isinstance(spec, (DictSpec, SeqSpec)) else []
+    )
     if isinstance(spec, DictSpec):
         for k, c in spec.items:
             out += _containers(c, (*path, k))
@@ -255,7 +260,7 @@ def local_for(
     from strategies.tensors import mesh_shapes
 
     mesh_shape = draw(mesh_shapes(world_size), label="local mesh")
-    items = []
+    items: list[tuple[Key, Spec]] = []
     for key, leaf in full.items:
         if not isinstance(leaf, TensorSpec):
             if draw(st.booleans()):

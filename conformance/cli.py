@@ -250,8 +250,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in registered_placements():
         print(f"  {kind}")
     print("targets:")
-    for alias, module in ALIASES.items():
-        print(f"  {alias} = {module}")
+    for alias, target_module in ALIASES.items():
+        print(f"  {alias} = {target_module}")
     print("  (or any importable module path)")
     print("known-divergence files:")
     for path in sorted(SHIPPED.glob("*.toml")):

@@ -57,7 +57,8 @@ class Divergences:
 
     def excuse(self, case: Case, diffs: list[str]) -> tuple[list[str], dict[str, int]]:
         """(lines no entry excuses, {entry id: lines it excused})."""
-        left, used = [], {}
+        left: list[str] = []
+        used: dict[str, int] = {}
         for line in diffs:
             entry = next((e for e in self.entries if e.applies(case, line)), None)
             if entry is None:

@@ -110,19 +110,19 @@ class Observer:
 
         if isinstance(value, ShardedTensor):
             shards = value.local_shards()
-            local = [s.tensor for s in shards]
-            live = bool(local) and not any(t.is_meta for t in local)
-            data = torch.cat([t.detach().cpu().reshape(-1) for t in local]) if live else None
+            shard_tensors = [s.tensor for s in shards]
+            live = bool(shard_tensors) and not any(t.is_meta for t in shard_tensors)
+            data = torch.cat([t.detach().cpu().reshape(-1) for t in shard_tensors]) if live else None
             return TensorObs(
                 cls="ShardedTensor",
-                device_type=local[0].device.type if local else "cpu",
+                device_type=shard_tensors[0].device.type if shard_tensors else "cpu",
                 dtype=dtype_name(value.dtype),
                 shape=tuple(value.size()),
                 data=data,
                 local_shape=None if data is None else tuple(data.shape),
-                aliases=self._alias_of(local[0]) if live else None,
-                pinned=all(t.is_pinned() for t in local) if live else None,
-                shared=all(t.is_shared() for t in local) if live else None,
+                aliases=self._alias_of(shard_tensors[0]) if live else None,
+                pinned=all(t.is_pinned() for t in shard_tensors) if live else None,
+                shared=all(t.is_shared() for t in shard_tensors) if live else None,
             )
         if isinstance(value, DTensor):
             local = value.to_local()

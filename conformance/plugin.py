@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import TypedDict, cast
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -23,7 +24,17 @@ from conformance.targets import UTILITIES
 from conformance.world import max_world_size
 
 PROFILES = ("dev", "ci", "fuzz")
-_COMMON = {
+
+
+class _CommonSettings(TypedDict):
+    """The Hypothesis settings every profile shares (keys are ``settings`` keyword names)."""
+
+    deadline: None
+    suppress_health_check: list[HealthCheck]
+    phases: list[Phase]
+
+
+_COMMON: _CommonSettings = {
     "deadline": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     # the failure message carries a replay command; Hypothesis' line explanations add noise
@@ -194,16 +205,24 @@ def item_utilities(item: pytest.Item) -> tuple[str, ...]:
 
     callspec = getattr(item, "callspec", None)
     divergence = callspec.params.get("divergence") if callspec else None
-    if hasattr(divergence, "utilities"):  # an empty parameter set gives NOTSET
+    if divergence is not None and hasattr(divergence, "utilities"):  # empty parameter set: NOTSET
         names = divergence.utilities
     else:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        names = (getattr(item.function, "utility", None) or module.removeprefix("test_"),)
+        function = _as_function(item)
+        module = function.module.__name__.rsplit(".", 1)[-1] if function.module else ""
+        names = (getattr(function.function, "utility", None) or module.removeprefix("test_"),)
     return tuple(n for name in names for n in LAWS.get(name.removeprefix(LAW_PREFIX), (name,)))
 
 
+def _as_function(item: pytest.Item) -> pytest.Function:
+    """``item`` as the python test function it is: items here come from test modules, and
+    ``.module`` / ``.function`` are read from them unguarded."""
+    return cast(pytest.Function, item)
+
+
 def is_suite_item(item: pytest.Item) -> bool:
-    return item.module is not None and item.module.__name__.startswith("conformance.suite")
+    module = _as_function(item).module
+    return module is not None and module.__name__.startswith("conformance.suite")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

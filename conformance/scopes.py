@@ -17,6 +17,7 @@ from strategies.spec import (
     ShardedTensorSpec,
     Spec,
     TensorSpec,
+    ValueSpec,
     iter_leaves,
 )
 
@@ -64,11 +65,15 @@ def zero_dim_tensor(case: Case) -> bool:
 
 
 def cpu_offload_with_missing_local_key(case: Case) -> bool:
-    """broadcast_state_dict(cpu_offload=True) where a full tensor's key is absent locally."""
+    """broadcast_state_dict(cpu_offload=True) where a full tensor's key is absent locally or
+    its local entry is None."""
     if not case.kwarg("cpu_offload") or not isinstance(case.other, DictSpec):
         return False
-    local_keys = {k for k, _ in case.other.items}
-    return any(isinstance(v, TensorSpec) and k not in local_keys for k, v in case.state_dict.items)
+    local = dict(case.other.items)
+    return any(
+        isinstance(v, TensorSpec) and (k not in local or local[k] == ValueSpec(None))
+        for k, v in case.state_dict.items
+    )
 
 
 def tuple_vs_list(case: Case) -> bool:
@@ -102,3 +107,86 @@ SCOPES: dict[str, Callable[[Case], bool]] = {
         tuple_vs_list,
     )
 }
+
+
+def pg_without_global_rank0(case: Case) -> bool:
+    """The call's ``pg`` is a subgroup that leaves out global rank 0 (``pg="tail"``)."""
+    return case.kwarg("pg") == "tail"
+
+
+SCOPES[pg_without_global_rank0.__name__] = pg_without_global_rank0
+
+
+def non_contiguous_full_tensor(case: Case) -> bool:
+    """The full state dict (first argument) holds a plain tensor in a non-contiguous layout."""
+    return any(
+        isinstance(leaf, TensorSpec) and leaf.layout in ("transposed", "strided") and leaf.numel > 0
+        for _, leaf in iter_leaves(case.state_dict)
+    )
+
+
+SCOPES[non_contiguous_full_tensor.__name__] = non_contiguous_full_tensor
+
+
+#: Dtypes gloo collectives reject with "Invalid scalar type" (strategies.tensors.ALL_DTYPES
+#: minus GLOO_DTYPES).
+GLOO_UNSUPPORTED_DTYPES = ("int16", "uint16", "uint32", "uint64")
+
+
+def gloo_unsupported_dtype(case: Case) -> bool:
+    """A gloo case in which some tensor leaf (plain, DTensor or ShardedTensor, in either state
+    dict) has a dtype gloo collectives cannot carry: int16, uint16, uint32 or uint64."""
+    return case.backend == "gloo" and any(
+        (isinstance(leaf, TensorSpec) and leaf.dtype in GLOO_UNSUPPORTED_DTYPES)
+        or (
+            isinstance(leaf, (DTensorSpec, ShardedTensorSpec))
+            and leaf.tensor.dtype in GLOO_UNSUPPORTED_DTYPES
+        )
+        for leaf in _leaves(case)
+    )
+
+
+SCOPES[gloo_unsupported_dtype.__name__] = gloo_unsupported_dtype
+
+
+def copy_must_raise(case: Case) -> bool:
+    """A case with a second state dict for which the CONTRACT's copy_state_dict must raise
+    before writing anything: the source holds an unsupported leaf and ``type_check`` is on
+    (rule 4), or the two trees do not pair under the pair rule (step 2, local shapes
+    included) on some rank."""
+    from conformance.oracle.expect import first_unsupported, pair_mismatch
+
+    if case.other is None:
+        return False
+    if case.kwarg("type_check", True) and first_unsupported(case.state_dict) is not None:
+        return True
+    return any(
+        pair_mismatch(case.state_dict, case.other, rank, case.world_size, local=True) is not None
+        for rank in range(case.world_size)
+    )
+
+
+SCOPES[copy_must_raise.__name__] = copy_must_raise
+
+
+def dtensor_gathered_without_communication(case: Case) -> bool:
+    """Some DTensor leaf needs no collective to become its full tensor: every placement is
+    Replicate, or every non-Replicate placement lies on a mesh dim of size 1."""
+    return any(
+        isinstance(leaf, DTensorSpec)
+        and all(
+            p.kind == "replicate" or n == 1 for n, p in zip(leaf.mesh_shape, leaf.placements, strict=True)
+        )
+        for leaf in _leaves(case)
+    )
+
+
+SCOPES[dtensor_gathered_without_communication.__name__] = dtensor_gathered_without_communication
+
+
+def pin_memory_requested(case: Case) -> bool:
+    """create_cpu_state_dict(pin_memory=True)."""
+    return bool(case.kwarg("pin_memory"))
+
+
+SCOPES[pin_memory_requested.__name__] = pin_memory_requested

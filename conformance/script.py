@@ -151,7 +151,8 @@ def _leaf_code(inputs: RankInputs, spec: Spec, path: Path) -> str:
         from conformance.materialise import global_tensor, sharded_chunks
 
         full = global_tensor(spec, inputs.seed, path)
-        chunks, local = [], []
+        chunks: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
+        local_codes: list[str] = []
         for owner, start, length in sharded_chunks(spec, inputs.world_size):
             offsets = [0] * spec.tensor.ndim
             offsets[spec.dim] = start
@@ -159,9 +160,9 @@ def _leaf_code(inputs: RankInputs, spec: Spec, path: Path) -> str:
             sizes[spec.dim] = length
             chunks.append((owner, tuple(offsets), tuple(sizes)))
             if owner == inputs.rank:
-                local.append(_tensor_code(full.narrow(spec.dim, start, length)))
+                local_codes.append(_tensor_code(full.narrow(spec.dim, start, length)))
         dtype = f"torch.{spec.tensor.dtype}"
-        return f"sharded({tuple(spec.tensor.shape)!r}, {dtype}, {chunks!r}, [{', '.join(local)}])"
+        return f"sharded({tuple(spec.tensor.shape)!r}, {dtype}, {chunks!r}, [{', '.join(local_codes)}])"
     if isinstance(spec, ValueSpec):
         value = spec.value
         return f"float({str(value)!r})" if isinstance(value, float) else repr(value)

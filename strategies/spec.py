@@ -25,7 +25,7 @@ length is the largest footprint of any member. Only plain ``TensorSpec`` leaves 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,8 @@ def _check(condition: bool, message: str) -> None:
 def torch_dtype(name: str) -> torch.dtype:
     """The ``torch.dtype`` called ``name`` (``"float32"`` -> ``torch.float32``)."""
     dtype = getattr(torch, name, None)
-    _check(isinstance(dtype, torch.dtype), f"unknown dtype name {name!r}")
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype name {name!r}")
     return dtype
 
 
@@ -174,7 +175,8 @@ class SeqSpec:
         _check(self.kind in SEQ_KINDS, f"unknown sequence kind {self.kind!r}")
 
 
-Leaf = TensorSpec | DTensorSpec | ShardedTensorSpec | ValueSpec | BytesIOSpec | UnsupportedSpec
+TensorLeaf = TensorSpec | DTensorSpec | ShardedTensorSpec
+Leaf = TensorLeaf | ValueSpec | BytesIOSpec | UnsupportedSpec
 Spec = Leaf | DictSpec | SeqSpec
 TENSOR_LEAVES = (TensorSpec, DTensorSpec, ShardedTensorSpec)
 
@@ -210,7 +212,9 @@ def namedtuple_type(size: int) -> type:
 def _make_namedtuple(size: int) -> type:
     from collections import namedtuple
 
-    cls = namedtuple(f"SpecTuple{size}", [f"f{i}" for i in range(size)])
+    # Called through a plain callable: mypy only understands namedtuple() with a literal name.
+    make: Callable[[str, list[str]], type] = namedtuple
+    cls = make(f"SpecTuple{size}", [f"f{i}" for i in range(size)])
     # Module-level and named after itself, so instances pickle by reference across ranks.
     cls.__module__ = __name__
     globals()[cls.__name__] = cls
@@ -243,14 +247,14 @@ def iter_leaves(spec: Spec, path: Path = ()) -> Iterator[tuple[Path, Leaf]]:
         yield path, spec
 
 
-def replace_leaves(spec: Spec, replacements: dict[Path, Spec], path: Path = ()) -> Spec:
+def replace_leaves(spec: Spec, replacements: Mapping[Path, Spec], path: Path = ()) -> Spec:
     """A copy of ``spec`` with the leaves at the given paths replaced."""
     if isinstance(spec, DictSpec):
         items = tuple((k, replace_leaves(c, replacements, (*path, k))) for k, c in spec.items)
         return DictSpec(items, spec.kind)
     if isinstance(spec, SeqSpec):
-        items = tuple(replace_leaves(c, replacements, (*path, i)) for i, c in enumerate(spec.items))
-        return SeqSpec(items, spec.kind)
+        children = tuple(replace_leaves(c, replacements, (*path, i)) for i, c in enumerate(spec.items))
+        return SeqSpec(children, spec.kind)
     return replacements.get(path, spec)
 
 

@@ -4,6 +4,7 @@ model + optimizer state dicts, and flat str-keyed dicts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from hypothesis import strategies as st
 
@@ -54,7 +55,7 @@ def python_values() -> st.SearchStrategy[int | float | bool | str | bytes | None
 
 def keys(*, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_.") -> st.SearchStrategy[Key]:
     """A dict key: short str (possibly empty or dotted) or small int."""
-    options = []
+    options: list[st.SearchStrategy[Key]] = []
     if "str" in key_kinds:
         options.append(st.text(alphabet=alphabet, max_size=5))
     if "int" in key_kinds:
@@ -161,7 +162,11 @@ def state_dict_specs(
         return _container(kind, children, dict_keys)
 
     tree = node(0, dict_kinds)
-    return draw(share_groups(tree)) if allow_views else tree
+    if allow_views:
+        tree = draw(share_groups(tree))
+    # The root is drawn from ``dict_kinds`` at depth 0 (never a leaf) and ``share_groups``
+    # only replaces leaves, so the tree is a DictSpec.
+    return cast(DictSpec, tree)
 
 
 @st.composite

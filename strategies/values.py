@@ -9,6 +9,7 @@ dtypes get values spread over their whole range; bool gets both True and False.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import torch
 
@@ -110,7 +111,7 @@ def make_plain_tensor(
     return view_in_layout(storages[key], spec.shape, spec.layout)
 
 
-def share_group_footprints(leaves: list[tuple[Path, object]]) -> dict[tuple, int]:
+def share_group_footprints(leaves: Iterable[tuple[Path, object]]) -> dict[tuple, int]:
     """Storage length for each storage key among ``(path, leaf)`` pairs (plain tensors only)."""
     sizes: dict[tuple, int] = {}
     for path, leaf in leaves:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -29,11 +29,13 @@ from strategies.placements import coordinate_of, split_over_mesh
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
+    Key,
     Leaf,
     Path,
     SeqSpec,
     ShardedTensorSpec,
     Spec,
+    TensorLeaf,
     TensorSpec,
     UnsupportedSpec,
     ValueSpec,
@@ -72,6 +74,31 @@ def type_check_error(spec: Spec, case: Case) -> RaisedObs | None:
     if path is None or not case.kwarg("type_check", True):
         return None
     return RaisedObs("ValueError", format_path(path, ""))
+
+
+# The case strategies (conformance.case_strategies) fix the shape of each utility's arguments;
+# these helpers state those invariants to the type checker (``cast`` only, no runtime change).
+
+#: The items of a full state dict of a loading utility (``full_state_dicts``: plain tensors and
+#: values) or of a ``local_for`` / ``distribute_tensors_cases`` local state dict (flat leaves).
+FullItems = tuple[tuple[Key, TensorSpec | ValueSpec], ...]
+LocalItems = tuple[tuple[Key, Leaf], ...]
+
+
+def _other(case: Case) -> Spec:
+    """``case.other`` of a utility that takes a second state dict (copy, similarity, the
+    loading utilities): its case strategy always sets it."""
+    return cast(Spec, case.other)
+
+
+def _full_items(spec: Spec) -> FullItems:
+    """The items of a loading utility's flat full state dict (a DictSpec of tensors/values)."""
+    return cast(FullItems, cast(DictSpec, spec).items)
+
+
+def _local_items(spec: Spec) -> LocalItems:
+    """The items of a loading utility's flat local state dict (a DictSpec of leaves)."""
+    return cast(LocalItems, cast(DictSpec, spec).items)
 
 
 def expected_outcomes(case: Case, utility: str | None = None) -> list[Outcome]:
@@ -150,7 +177,7 @@ def category(spec: Spec) -> str | None:
     return None
 
 
-def _tensor_facts(leaf: Leaf, rank: int, world_size: int, local: bool) -> tuple:
+def _tensor_facts(leaf: TensorLeaf, rank: int, world_size: int, local: bool) -> tuple:
     """Kind, global shape and dtype of a tensor leaf, plus what it holds on ``rank`` if ``local``."""
     tensor = leaf if isinstance(leaf, TensorSpec) else leaf.tensor
     facts: tuple = (type(leaf).__name__, tensor.shape, tensor.dtype)
@@ -177,28 +204,29 @@ def pair_mismatch(
     if category(source) or category(dest):
         if category(source) != category(dest):
             return path
+        pairs: list[tuple[Key, Spec, Spec]]
+        # same category: both DictSpec or both SeqSpec
         if isinstance(source, DictSpec):
-            dest_items = dict(dest.items)
+            dest_items = dict(cast(DictSpec, dest).items)
             if set(dest_items) != {k for k, _ in source.items}:
                 return path
             pairs = [(k, c, dest_items[k]) for k, c in source.items]
         else:
-            if len(source.items) != len(dest.items):
+            source_seq, dest_seq = cast(SeqSpec, source), cast(SeqSpec, dest)
+            if len(source_seq.items) != len(dest_seq.items):
                 return path
-            pairs = [(i, c, d) for i, (c, d) in enumerate(zip(source.items, dest.items, strict=True))]
+            pairs = [(i, c, d) for i, (c, d) in enumerate(zip(source_seq.items, dest_seq.items, strict=True))]
         for key, child, other in pairs:
             found = pair_mismatch(child, other, rank, world_size, local, (*path, key))
             if found is not None:
                 return found
         return None
-    source_is_tensor, dest_is_tensor = (
-        isinstance(source, TENSOR_SPECS),
-        isinstance(dest, TENSOR_SPECS),
-    )
-    if source_is_tensor != dest_is_tensor:
+    if isinstance(source, TENSOR_SPECS) != isinstance(dest, TENSOR_SPECS):
         return path
-    if source_is_tensor and _tensor_facts(source, rank, world_size, local) != _tensor_facts(
-        dest, rank, world_size, local
+    if (
+        isinstance(source, TENSOR_SPECS)
+        and isinstance(dest, TENSOR_SPECS)
+        and _tensor_facts(source, rank, world_size, local) != _tensor_facts(dest, rank, world_size, local)
     ):
         return path
     return None
@@ -206,29 +234,31 @@ def pair_mismatch(
 
 def _copy(case: Case, rank: int) -> Outcome:
     source = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
-    dest = RankInputs(case.other, case.seed + 1, rank, case.world_size, "copy_state_dict")
+    other = _other(case)
+    dest = RankInputs(other, case.seed + 1, rank, case.world_size, "copy_state_dict")
     untouched = {ROOT: source.observe_all(), "copy_state_dict": dest.observe_all()}
     error = type_check_error(case.state_dict, case)
     if error is not None:
         return Outcome(error, untouched)
-    mismatch = pair_mismatch(case.state_dict, case.other, rank, case.world_size, local=True)
+    mismatch = pair_mismatch(case.state_dict, other, rank, case.world_size, local=True)
     if mismatch is not None:
         return Outcome(RaisedObs("ValueError", format_path(mismatch, "")), untouched)
-    dest_leaves = dict(iter_leaves(case.other))
+    dest_leaves = dict(iter_leaves(other))
 
+    # The trees pair (no mismatch), so a tensor leaf's counterpart is a tensor leaf too.
     def written(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TENSOR_SPECS):
-            target = dest_leaves[path]
+            target = cast(TensorLeaf, dest_leaves[path])
             return tensor_obs(target, source.local(spec, path), aliases=dest.owner(target, path))
         return value_obs(spec, path)
 
     def dest_after(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TENSOR_SPECS):
-            data = source.local(source.leaves[path], path)
+            data = source.local(cast(TensorLeaf, source.leaves[path]), path)
             return tensor_obs(spec, data, aliases=dest.owner(spec, path))
         return dest.unchanged(path, spec)
 
-    mutated = {ROOT: untouched[ROOT], "copy_state_dict": map_spec(case.other, dest_after)}
+    mutated = {ROOT: untouched[ROOT], "copy_state_dict": map_spec(other, dest_after)}
     return Outcome(map_spec(case.state_dict, written), mutated)
 
 
@@ -258,9 +288,10 @@ def _create_cpu(case: Case, rank: int) -> Outcome:
 
 def _similarity(case: Case, rank: int) -> Outcome:
     first = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
-    second = RankInputs(case.other, case.seed + 1, rank, case.world_size, "compared_state_dict")
+    other = _other(case)
+    second = RankInputs(other, case.seed + 1, rank, case.world_size, "compared_state_dict")
     untouched = {ROOT: first.observe_all(), "compared_state_dict": second.observe_all()}
-    similar = pair_mismatch(case.state_dict, case.other, rank, case.world_size, local=False) is None
+    similar = pair_mismatch(case.state_dict, other, rank, case.world_size, local=False) is None
     return Outcome(ValueObs("bool", similar), untouched)
 
 
@@ -289,10 +320,10 @@ def _shard_of(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tensor:
 def _load(case: Case, rank: int, strict: bool) -> Outcome:
     """broadcast_state_dict / distribute_state_dict: local_state_dict after loading full."""
     full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
-    local = RankInputs(case.other, case.seed + 1, rank, case.world_size, "local_state_dict")
-    full_items = dict(case.state_dict.items)
+    local = RankInputs(_other(case), case.seed + 1, rank, case.world_size, "local_state_dict")
+    full_items = dict(_full_items(case.state_dict))
     after: list[tuple[Any, Any]] = []
-    for key, spec in case.other.items:
+    for key, spec in _local_items(_other(case)):
         path = (key,)
         if key not in full_items:
             if not strict:
@@ -319,7 +350,7 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
 def _broadcast_state_dict(case: Case, rank: int) -> Outcome:
     members = pg_ranks(case.kwarg("pg"), case.world_size)
     if rank not in members:  # outside the group: nothing is called, nothing changes
-        local = RankInputs(case.other, case.seed + 1, rank, case.world_size, "local_state_dict")
+        local = RankInputs(_other(case), case.seed + 1, rank, case.world_size, "local_state_dict")
         return Outcome(NONE, {"local_state_dict": local.observe_all()})
     outcome = _load(case, rank, strict=bool(case.kwarg("strict", False)))
     outcome.mutated.pop(FULL_ROOT, None)
@@ -336,7 +367,8 @@ def _distribute_state_dict(case: Case, rank: int) -> Outcome:
 def _broadcast_tensors(case: Case, rank: int) -> Outcome:
     """Only the named keys are loaded; entries of other keys stay as they were."""
     keys = set(case.kwarg("keys", ()))
-    narrowed = DictSpec(tuple((k, v) for k, v in case.state_dict.items if k in keys), case.state_dict.kind)
+    full_sd = cast(DictSpec, case.state_dict)  # a full_state_dicts DictSpec
+    narrowed = DictSpec(tuple((k, v) for k, v in full_sd.items if k in keys), full_sd.kind)
     loaded = _load(replace(case, state_dict=narrowed), rank, strict=False)
     if rank == 0:
         full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
@@ -355,9 +387,10 @@ def _distribute_tensors(case: Case, rank: int) -> Outcome:
     def leaf(path: Path, spec: Leaf) -> Any:
         if path[0] not in keys:
             return local.unchanged(path, spec) if not meta else _meta_obs(spec, path, local)
-        full = fulls.global_value(spec.tensor, path)
+        dtensor = cast(DTensorSpec, spec)  # distribute_tensors_cases: every leaf is a DTensor
+        full = fulls.global_value(dtensor.tensor, path)
         return tensor_obs(
-            spec, _shard_of(full, spec, rank), aliases=None if meta else local.owner(spec, path)
+            dtensor, _shard_of(full, dtensor, rank), aliases=None if meta else local.owner(dtensor, path)
         )
 
     return Outcome(NONE, {"local_state_dict": map_spec(case.state_dict, leaf)})
@@ -402,14 +435,16 @@ def _path_obs(path: tuple) -> Container:
 
 def object_path(spec: Spec, path: Path) -> tuple:
     """The object path flattening records: dict keys as str, sequence indices as int."""
-    out, node = [], spec
+    out: list[Key] = []
+    node = spec
     for key in path:
         if isinstance(node, DictSpec):
             out.append(str(key))
             node = dict(node.items)[key]
         else:
+            # ``path`` leads through containers: below a non-dict the key is a sequence index
             out.append(key)
-            node = node.items[key]
+            node = cast(SeqSpec, node).items[cast(int, key)]
     return tuple(out)
 
 
@@ -432,7 +467,7 @@ def _unflatten(case: Case, rank: int) -> Outcome:
 
 def _all_gather_sharded(case: Case, rank: int) -> Outcome:
     inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
-    spec = case.state_dict
+    spec = cast(ShardedTensorSpec, case.state_dict)  # all_gather_sharded_cases: one ShardedTensor
     full = inputs.global_value(spec, ())
     result = TensorObs("Tensor", "cpu", spec.tensor.dtype, tuple(spec.tensor.shape), full, aliases=None)
     return Outcome(result, {ROOT: inputs.observe_all()})

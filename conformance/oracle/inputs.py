@@ -24,6 +24,7 @@ from strategies.spec import (
     SeqSpec,
     ShardedTensorSpec,
     Spec,
+    TensorLeaf,
     TensorSpec,
     UnsupportedSpec,
     ValueSpec,
@@ -98,13 +99,13 @@ class RankInputs:
         footprint = self._footprints.get(storage_key(leaf, path))
         return make_plain_tensor(leaf, self.seed, path, self.rank, self._buffers, footprint)
 
-    def owner(self, leaf: Leaf, path: Path) -> str | None:
+    def owner(self, leaf: TensorLeaf, path: Path) -> str | None:
         """Path of the input leaf whose storage this leaf's local data lives in."""
         if isinstance(leaf, TensorSpec):
             return self._owner.get(storage_key(leaf, path)) if leaf.numel else None
         return format_path(path, self.root) if self.local(leaf, path).numel() else None
 
-    def local(self, leaf: Leaf, path: Path) -> torch.Tensor:
+    def local(self, leaf: TensorLeaf, path: Path) -> torch.Tensor:
         """The rank's local data: the tensor, the DTensor's local tensor, or the ShardedTensor's
         local shards flattened and concatenated (empty when it holds none)."""
         if isinstance(leaf, TensorSpec):
@@ -115,18 +116,18 @@ class RankInputs:
             return parts[coordinate_of(self.rank, leaf.mesh_shape)].contiguous()
         if isinstance(leaf, ShardedTensorSpec):
             full = global_tensor(leaf, self.seed, path)
-            parts = [
+            shards = [
                 full.narrow(leaf.dim, start, length).reshape(-1)
                 for owner, start, length in sharded_chunks(leaf, self.world_size)
                 if owner == self.rank
             ]
-            return torch.cat(parts) if parts else torch.empty(0, dtype=full.dtype)
+            return torch.cat(shards) if shards else torch.empty(0, dtype=full.dtype)
         raise TypeError(f"not a tensor leaf: {leaf!r}")
 
     def owns_shard(self, leaf: ShardedTensorSpec) -> bool:
         return any(owner == self.rank for owner, _, _ in sharded_chunks(leaf, self.world_size))
 
-    def global_value(self, leaf: Leaf, path: Path) -> torch.Tensor:
+    def global_value(self, leaf: TensorLeaf, path: Path) -> torch.Tensor:
         """The full value a tensor leaf stands for (a plain tensor is its own full value)."""
         if isinstance(leaf, TensorSpec):
             return self.plain(leaf, path).contiguous()
@@ -142,7 +143,7 @@ class RankInputs:
         return map_spec(self.spec, self.unchanged)
 
 
-def tensor_obs(leaf: Leaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:
+def tensor_obs(leaf: TensorLeaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:
     """Expected observation of a tensor leaf of the same kind as ``leaf`` holding ``data``.
 
     ``facts`` override defaults (``aliases``, ``cls``, ``pinned`` ...); ``keep_stride``
