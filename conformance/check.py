@@ -11,7 +11,7 @@ from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, open_facts, run_law
 from conformance.observation import Outcome, RaisedObs
 from conformance.oracle import expected_outcomes
 from conformance.runner import first_root, run_case
-from conformance.world import JobFailed, World
+from conformance.world import JobFailed, JobRunner
 
 MAX_DIFFS_PER_RANK = 5
 
@@ -46,7 +46,7 @@ class CaseReport:
         return "\n".join(lines)
 
 
-def observe_case(world: World, case: Case, target: str) -> list[Outcome]:
+def observe_case(world: JobRunner, case: Case, target: str) -> list[Outcome]:
     """Every rank's observed outcome; a hang, a dead or a blocked rank becomes a RaisedObs."""
     try:
         return world.run(run_case, case, target)
@@ -66,7 +66,9 @@ def observe_case(world: World, case: Case, target: str) -> list[Outcome]:
         return outcomes
 
 
-def check_case(world: World, case: Case, target: str, divergences: Divergences | None = None) -> CaseReport:
+def check_case(
+    world: JobRunner, case: Case, target: str, divergences: Divergences | None = None
+) -> CaseReport:
     """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
     two sides with each other); known divergences excuse only the difference lines they match."""
     if case.utility.startswith(LAW_PREFIX):
@@ -84,7 +86,7 @@ def check_case(world: World, case: Case, target: str, divergences: Divergences |
     return report
 
 
-def law_differences(world: World, case: Case, target: str) -> list[str]:
+def law_differences(world: JobRunner, case: Case, target: str) -> list[str]:
     """Where the two sides of a cross-utility law disagree, rank by rank."""
     law = case.utility.removeprefix(LAW_PREFIX)
     try:

@@ -11,7 +11,7 @@ from conformance.case import Case
 from conformance.check import CaseReport, check_case, observe_case
 from conformance.divergences import SHIPPED, Divergences, load_divergences
 from conformance.targets import Target, load_target
-from conformance.world import World
+from conformance.world import JobRunner, World
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Harness:
         self._worlds: dict[int, World] = {}
         self.cases_by_utility: dict[str, int] = {}
 
-    def world(self, size: int) -> World:
+    def world(self, size: int) -> JobRunner:
         # torchrun hook (issue 5): under SDC_LAUNCHER=torchrun the one world is torchrun's.
         if os.environ.get("SDC_LAUNCHER") == "torchrun":
             from conformance.torchrun import harness_world

@@ -69,6 +69,8 @@ def cpu_offload_with_missing_local_key(case: Case) -> bool:
     its local entry is None."""
     if not case.kwarg("cpu_offload") or not isinstance(case.other, DictSpec):
         return False
+    if not isinstance(case.state_dict, DictSpec):
+        return False
     local = dict(case.other.items)
     return any(
         isinstance(v, TensorSpec) and (k not in local or local[k] == ValueSpec(None))
@@ -190,3 +192,13 @@ def pin_memory_requested(case: Case) -> bool:
 
 
 SCOPES[pin_memory_requested.__name__] = pin_memory_requested
+
+
+def pin_memory_with_partial_dtensor(case: Case) -> bool:
+    """create_cpu_state_dict(pin_memory=True) of a tree holding a DTensor with a Partial
+    placement (ranks that fail to pin at different leaves then meet torch's collective
+    ``deepcopy`` of that DTensor out of step)."""
+    return bool(case.kwarg("pin_memory")) and partial_dtensor(case)
+
+
+SCOPES[pin_memory_with_partial_dtensor.__name__] = pin_memory_with_partial_dtensor

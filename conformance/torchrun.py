@@ -150,7 +150,10 @@ class _Rank:
         self.store.add(f"beat/{self.rank}", 1)
         self.store.add("joined", 1)
         threading.Thread(
-            target=self._watchdog, args=(self.store.clone(),), daemon=True, name="sdc-torchrun-watchdog"
+            target=self._watchdog,
+            args=(self.store.clone(),),  # type: ignore[attr-defined]  # missing from torch's stubs
+            daemon=True,
+            name="sdc-torchrun-watchdog",
         ).start()
 
     def _watchdog(self, store: Any) -> None:
@@ -249,7 +252,7 @@ def serve_forever(backend: str | None = None) -> int:
             _finish(member)
             return 0
         data, early = done
-        store.set(f"result/{job}/{member.rank}", data)
+        store.set(f"result/{job}/{member.rank}", data)  # type: ignore[arg-type]  # stubs say str; bytes work
         store.add(f"done/{job}", 1 + (_EARLY if early else 0))
         member.busy = 0
         job += 1
@@ -348,7 +351,7 @@ class TorchrunWorld:
         if self.lost is None and not self._in_job:
             job = self._next
             self._next += 1
-            store.set(f"job/{job}", _SHUTDOWN)
+            store.set(f"job/{job}", _SHUTDOWN)  # type: ignore[arg-type]  # stubs say str; bytes work
             deadline = time.monotonic() + SHUTDOWN_TIMEOUT
             while store.add(f"done/{job}", 0) < self.size - 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -415,7 +418,7 @@ class TorchrunWorld:
         self._next += 1
         self.jobs_run += 1
         self._in_job = True
-        store.set(f"job/{job}", payload)
+        store.set(f"job/{job}", payload)  # type: ignore[arg-type]  # stubs say str; bytes work
         self._jobs.put((job, payload))
         deadline = time.monotonic() + timeout
         grace_started = False

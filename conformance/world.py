@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing import connection, get_context
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_JOB_TIMEOUT = 30.0
 # After one rank raises, the others get this long to finish before the world is killed.
@@ -38,6 +38,14 @@ def max_world_size() -> int:
 
 
 BACKENDS = ("gloo", "nccl")
+
+
+class JobRunner(Protocol):
+    """What runs cases: a spawned :class:`World` or a torchrun-launched world."""
+
+    size: int
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]: ...
 
 
 class WorldUnavailable(RuntimeError):
@@ -184,8 +192,8 @@ def _rank_main(
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    store = dist.TCPStore("127.0.0.1", store_port, is_master=False, timeout=timedelta(seconds=60))
-    store = dist.PrefixStore(f"world{generation}", store)
+    client = dist.TCPStore("127.0.0.1", store_port, is_master=False, timeout=timedelta(seconds=60))
+    store = dist.PrefixStore(f"world{generation}", client)
     dist.init_process_group(
         backend,
         store=store,
@@ -444,8 +452,8 @@ class World:
                         # The others may be blocked in a collective this rank never joined.
                         deadline = min(deadline, time.monotonic() + self.error_grace)
             for obj in ready:
-                rank = sentinels.get(obj)
-                if rank is not None and rank not in results and rank not in errors:
+                died = sentinels.get(obj)
+                if died is not None and died not in results and died not in errors:
                     dead = self._dead_ranks()
                     raise JobFailed(
                         "crash",
