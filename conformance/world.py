@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 DEFAULT_JOB_TIMEOUT = 30.0
 # After one rank raises, the others get this long to finish before the world is killed.
-DEFAULT_ERROR_GRACE = 2.0
+DEFAULT_ERROR_GRACE = 5.0
 MAX_WORLD_SIZE = 8
 
 
