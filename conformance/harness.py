@@ -67,6 +67,17 @@ def register_placements(references: tuple[str, ...]) -> None:
         load_placement(reference)
 
 
+def warm_up(target_name: str) -> None:
+    """World setup job: import the target and the DTensor / ShardedTensor machinery once,
+    before the first case (a first case that imports them can take seconds on a busy machine)."""
+    import torch.distributed._shard.sharded_tensor  # noqa: F401
+    import torch.distributed.tensor  # noqa: F401
+
+    import conformance.runner  # noqa: F401
+
+    load_target(target_name)
+
+
 _active: HarnessConfig | None = None
 
 
@@ -98,11 +109,21 @@ class Harness:
 
             return harness_world(self, size)
         if size not in self._worlds:
-            setup = ((register_placements, (self.config.placements,)),) if self.config.placements else ()
-            world = World(size, self.config.backend, job_timeout=self.config.case_timeout, setup=setup)
+            world = World(
+                size, self.config.backend, job_timeout=self.config.case_timeout, setup=self.setup_jobs()
+            )
             world.start()
             self._worlds[size] = world
         return self._worlds[size]
+
+    def setup_jobs(self) -> tuple[tuple[Any, tuple[Any, ...]], ...]:
+        """Jobs every new world runs before its first case: importing the target and the
+        DTensor machinery (so that a first case on a loaded machine is not slow enough to look
+        hung), then registering user placements."""
+        jobs: list[tuple[Any, tuple[Any, ...]]] = [(warm_up, (self.config.target,))]
+        if self.config.placements:
+            jobs.append((register_placements, (self.config.placements,)))
+        return tuple(jobs)
 
     def close(self) -> None:
         for world in self._worlds.values():

@@ -74,10 +74,12 @@ from datetime import timedelta
 from typing import Any
 
 import conformance.world as _world
+from conformance.progress import ProgressWatch, cpu_seconds
 from conformance.world import (
     BACKENDS,
     DEFAULT_ERROR_GRACE,
     DEFAULT_JOB_TIMEOUT,
+    SLOW_ALLOWANCE_FACTOR,
     JobFailed,
     RankContext,
     RankFailure,
@@ -162,6 +164,7 @@ class _Rank:
         while not self.closing:
             try:
                 store.add(f"beat/{self.rank}", 1)
+                store.set(f"cpu/{self.rank}", repr(time.process_time()))
                 if self.rank != 0:
                     if store.check(["stop"]):
                         reason = store.get("stop").decode()
@@ -300,7 +303,8 @@ class TorchrunWorld:
         self._own: dict[int, tuple[bytes, bool] | None] = {}
         self._own_done = threading.Condition()
         self._beats: dict[int, tuple[int, float]] = {}
-        self._placements_registered = False
+        self._set_up = False  # the harness's setup jobs (warm-up, placements) have run
+        self._own_tid: int | None = None  # native id of the thread running rank 0's share
 
     # -- lifecycle
 
@@ -330,6 +334,7 @@ class TorchrunWorld:
 
     def _own_loop(self) -> None:
         """Rank 0's share of every job, off the main thread so that it can time out."""
+        self._own_tid = threading.get_native_id()
         if self.backend == "nccl":
             import torch
 
@@ -420,7 +425,9 @@ class TorchrunWorld:
         self._in_job = True
         store.set(f"job/{job}", payload)  # type: ignore[arg-type]  # stubs say str; bytes work
         self._jobs.put((job, payload))
+        watch = ProgressWatch(self._cpu_seconds, range(self.size))
         deadline = time.monotonic() + timeout
+        limit = deadline + SLOW_ALLOWANCE_FACTOR * timeout
         grace_started = False
         next_beat_check = time.monotonic() + 1.0
         pause = 0.0002
@@ -442,6 +449,11 @@ class TorchrunWorld:
                     next_beat_check = now + 1.0
                     self._check_beats(job)
                 if now >= deadline:
+                    # Wait on only while a silent rank is still computing (slow is not hung).
+                    pending = [r for r in range(self.size) if r not in self._answered(job)]
+                    if now < limit and watch.busy(pending):
+                        deadline = min(limit, now + watch.window)
+                        continue
                     break
                 with self._own_done:
                     if job not in self._own:
@@ -450,6 +462,17 @@ class TorchrunWorld:
             return self._collect(job, timeout, all_done=count == self.size)
         finally:
             self._in_job = False
+
+    def _cpu_seconds(self, rank: int) -> float | None:
+        """CPU time of ``rank``'s job execution: rank 0's job thread here, the others' processes
+        as their watchdog last published it."""
+        if rank == 0:
+            return None if self._own_tid is None else cpu_seconds(os.getpid(), self._own_tid)
+        store, key = self._m.store, f"cpu/{rank}"
+        try:
+            return float(store.get(key)) if store.check([key]) else None
+        except Exception:
+            return None
 
     def _answered(self, job: int) -> list[int]:
         store = self._m.store
@@ -604,11 +627,10 @@ def harness_world(harness: Any, size: int) -> TorchrunWorld:
             f"the torchrun world uses backend {world.backend} but the suite asked for {config.backend}"
         )
     world.job_timeout = config.case_timeout
-    if config.placements and not world._placements_registered:
-        from conformance.harness import register_placements
-
-        world.run(register_placements, config.placements)
-        world._placements_registered = True
+    if not world._set_up:
+        for fn, args in harness.setup_jobs():
+            world.run(fn, *args)
+        world._set_up = True
     return world
 
 

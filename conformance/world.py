@@ -23,9 +23,14 @@ from datetime import timedelta
 from multiprocessing import connection, get_context
 from typing import Any, Protocol
 
+from conformance.progress import ProgressWatch, cpu_seconds
+
 DEFAULT_JOB_TIMEOUT = 30.0
 # After one rank raises, the others get this long to finish before the world is killed.
 DEFAULT_ERROR_GRACE = 5.0
+# A rank still computing when its deadline passes (conformance.progress) is waited for, at
+# most this many times the job timeout beyond it: slow is not hung, but a spin is.
+SLOW_ALLOWANCE_FACTOR = 4.0
 MAX_WORLD_SIZE = 8
 
 
@@ -424,10 +429,17 @@ class World:
         errors: dict[int, RankFailure] = {}
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        procs = self._procs
+        watch = ProgressWatch(lambda rank: cpu_seconds(procs[rank].pid), range(self.size))
         deadline = time.monotonic() + timeout
+        limit = deadline + SLOW_ALLOWANCE_FACTOR * timeout
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # Past the deadline: wait on only while a silent rank is still computing.
+                if time.monotonic() < limit and watch.busy(waiting.values()):
+                    deadline = min(limit, time.monotonic() + watch.window)
+                    continue
                 break
             ready = connection.wait([*waiting, *sentinels], remaining)
             for obj in ready:

@@ -124,6 +124,9 @@ def _worker(rank: int, init_file: str, out_dir: str, cases: list[DTensorSpec]) -
             failures.append(f"case {index} {case}: {traceback.format_exc()}")
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(failures, f)
+    # gloo aborts a rank (SIGABRT) whose group is destroyed while a peer still talks to it:
+    # meet first.
+    dist.barrier()
     dist.destroy_process_group()
 
 

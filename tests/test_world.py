@@ -82,6 +82,22 @@ def exit_on(rank: int, how: str) -> int:
     return context().rank
 
 
+def compute_on(rank: int, seconds: float) -> int:
+    """``rank`` keeps a core busy for ``seconds`` (a slow rank, not a hung one)."""
+    if context().rank == rank:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+    return context().rank
+
+
+def raise_on_while_other_computes(rank: int, seconds: float) -> int:
+    """``rank`` raises at once; the other computes for ``seconds`` before it answers."""
+    if context().rank == rank:
+        raise ValueError("early")
+    return compute_on(context().rank, seconds)
+
+
 def mesh_identity(shape: tuple[int, ...]) -> tuple[int, int]:
     ctx = context()
     first = ctx.mesh(shape)
@@ -162,6 +178,31 @@ def test_hang_is_reported_and_world_restarts(fresh_world):
     assert list(info.value.failures) == [1]
     assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
     assert fresh_world.restarts == 1
+
+
+def test_a_computing_rank_is_slow_not_hung(fresh_world):
+    """Past its deadline a rank still burning CPU is waited for; a sleeping one is not."""
+    fresh_world.start()
+    fresh_world.job_timeout = 1.0
+    start = time.monotonic()
+    assert fresh_world.run(compute_on, 1, 3.0) == [0, 1]  # 3 CPU-seconds, three times the timeout
+    assert time.monotonic() - start >= 3.0
+    assert fresh_world.restarts == 0
+    with pytest.raises(JobFailed) as info:
+        fresh_world.run(hang_on, 1)
+    assert info.value.kind == "hang"
+
+
+def test_a_computing_rank_is_not_blocked_after_another_raised(fresh_world):
+    """The error grace (1 s here) does not cut off a rank that is still computing."""
+    fresh_world.start()
+    fresh_world.job_timeout = 1.0
+    with pytest.raises(JobFailed) as info:
+        fresh_world.run(raise_on_while_other_computes, 0, 3.0)
+    assert info.value.kind == "error"
+    assert list(info.value.failures) == [0]  # rank 1 answered; it was never "Blocked"
+    assert info.value.results == {1: 1}
+    assert fresh_world.restarts == 0
 
 
 @pytest.mark.parametrize(
