@@ -70,7 +70,7 @@ def register_placements(references: tuple[str, ...]) -> None:
 def warm_up(target_name: str) -> None:
     """World setup job: import the target and the DTensor / ShardedTensor machinery once,
     before the first case (a first case that imports them can take seconds on a busy machine)."""
-    import torch.distributed._shard.sharded_tensor  # noqa: F401
+    import torch.distributed._shard.sharded_tensor
     import torch.distributed.tensor  # noqa: F401
 
     import conformance.runner  # noqa: F401
