@@ -3,9 +3,11 @@
 A rank that has not answered when its deadline passes is judged by its CPU time: a rank that
 burned at least ``busy_fraction`` of a core since the last look is still working (a loaded
 machine, a first job that imports and builds meshes), so its deadline moves on by ``window``
-seconds, up to a hard limit. A rank asleep or blocked in a collective burns next to nothing
-and is declared hung (or blocked) as before. Only the deadline moves: a rank that answers
-is never waited for.
+seconds. A rank asleep or blocked in a collective burns next to nothing and is declared hung
+(or blocked) as before. A rank that spins forever is bounded by CPU time, not wall time (the
+same work takes longer on a loaded machine but costs the same CPU): once it has used
+``cpu_budget`` CPU-seconds in the job it counts as hung. Only the deadline moves: a rank
+that answers is never waited for.
 """
 
 from __future__ import annotations
@@ -42,14 +44,17 @@ class ProgressWatch:
         sample: Callable[[int], float | None],
         ranks: Iterable[int],
         *,
+        cpu_budget: float = float("inf"),
         busy_fraction: float = BUSY_FRACTION,
         window: float = WINDOW,
     ) -> None:
         self.sample = sample
+        self.cpu_budget = cpu_budget
         self.busy_fraction = busy_fraction
         self.window = window
         self._last: dict[int, tuple[float, float]] = {}
         self.note(ranks)
+        self._first = {rank: cpu for rank, (_, cpu) in self._last.items()}
 
     def note(self, ranks: Iterable[int]) -> None:
         now = time.monotonic()
@@ -60,7 +65,7 @@ class ProgressWatch:
 
     def busy(self, ranks: Iterable[int]) -> list[int]:
         """The ranks among ``ranks`` that used at least ``busy_fraction`` of a core since the
-        last look (which becomes now)."""
+        last look (which becomes now), and less than ``cpu_budget`` CPU-seconds in all."""
         now = time.monotonic()
         found = []
         for rank in ranks:
@@ -69,6 +74,8 @@ class ProgressWatch:
             if cpu is None:
                 continue
             self._last[rank] = (now, cpu)
-            if last is not None and now > last[0] and (cpu - last[1]) >= self.busy_fraction * (now - last[0]):
+            if last is None or now <= last[0] or cpu - self._first.get(rank, cpu) >= self.cpu_budget:
+                continue
+            if cpu - last[1] >= self.busy_fraction * (now - last[0]):
                 found.append(rank)
         return found

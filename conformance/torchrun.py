@@ -425,9 +425,8 @@ class TorchrunWorld:
         self._in_job = True
         store.set(f"job/{job}", payload)  # type: ignore[arg-type]  # stubs say str; bytes work
         self._jobs.put((job, payload))
-        watch = ProgressWatch(self._cpu_seconds, range(self.size))
+        watch = ProgressWatch(self._cpu_seconds, range(self.size), cpu_budget=SLOW_ALLOWANCE_FACTOR * timeout)
         deadline = time.monotonic() + timeout
-        limit = deadline + SLOW_ALLOWANCE_FACTOR * timeout
         grace_started = False
         next_beat_check = time.monotonic() + 1.0
         pause = 0.0002
@@ -451,8 +450,8 @@ class TorchrunWorld:
                 if now >= deadline:
                     # Wait on only while a silent rank is still computing (slow is not hung).
                     pending = [r for r in range(self.size) if r not in self._answered(job)]
-                    if now < limit and watch.busy(pending):
-                        deadline = min(limit, now + watch.window)
+                    if watch.busy(pending):
+                        deadline = now + watch.window
                         continue
                     break
                 with self._own_done:

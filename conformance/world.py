@@ -28,8 +28,8 @@ from conformance.progress import ProgressWatch, cpu_seconds
 DEFAULT_JOB_TIMEOUT = 30.0
 # After one rank raises, the others get this long to finish before the world is killed.
 DEFAULT_ERROR_GRACE = 5.0
-# A rank still computing when its deadline passes (conformance.progress) is waited for, at
-# most this many times the job timeout beyond it: slow is not hung, but a spin is.
+# A rank still computing when its deadline passes (conformance.progress) is waited for until
+# it has used this many times the job timeout in CPU-seconds: slow is not hung, but a spin is.
 SLOW_ALLOWANCE_FACTOR = 4.0
 MAX_WORLD_SIZE = 8
 
@@ -430,15 +430,18 @@ class World:
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
         procs = self._procs
-        watch = ProgressWatch(lambda rank: cpu_seconds(procs[rank].pid), range(self.size))
+        watch = ProgressWatch(
+            lambda rank: cpu_seconds(procs[rank].pid),
+            range(self.size),
+            cpu_budget=SLOW_ALLOWANCE_FACTOR * timeout,
+        )
         deadline = time.monotonic() + timeout
-        limit = deadline + SLOW_ALLOWANCE_FACTOR * timeout
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 # Past the deadline: wait on only while a silent rank is still computing.
-                if time.monotonic() < limit and watch.busy(waiting.values()):
-                    deadline = min(limit, time.monotonic() + watch.window)
+                if watch.busy(waiting.values()):
+                    deadline = time.monotonic() + watch.window
                     continue
                 break
             ready = connection.wait([*waiting, *sentinels], remaining)
