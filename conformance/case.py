@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from strategies.spec import Spec, spec_from_json, spec_to_json
@@ -49,6 +49,16 @@ class Case:
 
     def kwarg(self, name: str, default: Any = None) -> Any:
         return dict(self.kwargs).get(name, default)
+
+    def with_kwargs(self, **fixed: Any) -> Case:
+        """This case with ``fixed`` keyword arguments forced (``None`` removes one)."""
+        kwargs = dict(self.kwargs)
+        for name, value in fixed.items():
+            if value is None:
+                kwargs.pop(name, None)
+            else:
+                kwargs[name] = value
+        return replace(self, kwargs=tuple(kwargs.items()))
 
     def call_kwargs(self) -> dict[str, Any]:
         return {k: tuple(v) if k in TUPLE_KWARGS else v for k, v in self.kwargs}

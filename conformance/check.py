@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from conformance.case import Case, replay_command
-from conformance.compare import compare_outcomes
+from conformance.compare import Difference, compare_outcomes
 from conformance.divergences import Divergences
 from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, open_facts, run_law
-from conformance.observation import Outcome, RaisedObs
+from conformance.observation import ANY, Outcome, RaisedObs
 from conformance.oracle import expected_outcomes
 from conformance.runner import first_root, run_case
+from conformance.scopes import leaf_info
 from conformance.world import JobFailed, JobRunner
 
 MAX_DIFFS_PER_RANK = 5
@@ -24,33 +25,65 @@ class HarnessError(RuntimeError):
 class CaseReport:
     case: Case
     target: str
-    diffs: list[str]  # unexcused differences, rank by rank
-    excused: dict[str, int] = field(default_factory=dict)  # divergence id -> lines it excused
+    diffs: list[Difference]  # unexcused differences, rank by rank
+    excused: list[tuple[str, Difference]] = field(default_factory=list)  # (divergence id, difference)
 
     @property
     def passed(self) -> bool:
         return not self.diffs
 
+    @property
+    def excused_counts(self) -> dict[str, int]:
+        """Divergence id -> differences it excused in this case."""
+        counts: dict[str, int] = {}
+        for entry_id, _ in self.excused:
+            counts[entry_id] = counts.get(entry_id, 0) + 1
+        return counts
+
     def failure_message(self) -> str:
         lines = [f"{self.case.describe()} diverges from the contract (target {self.target}):"]
-        shown: dict[str, int] = {}
+        shown: dict[int, int] = {}
         for diff in self.diffs:
-            rank = diff.split(",", 1)[0]
-            shown[rank] = shown.get(rank, 0) + 1
-            if shown[rank] <= MAX_DIFFS_PER_RANK:
-                lines.append(f"  {diff}")
+            shown[diff.rank] = shown.get(diff.rank, 0) + 1
+            if shown[diff.rank] <= MAX_DIFFS_PER_RANK:
+                lines.append(f"  {diff.render()}")
         hidden = len(self.diffs) - sum(min(n, MAX_DIFFS_PER_RANK) for n in shown.values())
         if hidden:
             lines.append(f"  ... and {hidden} more differences")
+        for entry_id, count in self.excused_counts.items():
+            lines.append(f"  (known divergence {entry_id} excused {count} other difference(s))")
         lines.append(f"replay: {replay_command(self.case, self.target)}")
         return "\n".join(lines)
 
 
-def observe_case(world: JobRunner, case: Case, target: str) -> list[Outcome]:
-    """Every rank's observed outcome; a hang, a dead or a blocked rank becomes a RaisedObs."""
+class CaseAborted(BaseException):
+    """A case ended by a hang or a dead rank. A BaseException, so that Hypothesis does not
+    shrink it (each step would cost a hang and a world restart): the property stops here with
+    this report, and the run goes on with the next property."""
+
+
+def fault_report(case: Case, target: str, exc: JobFailed) -> str:
+    """The failure text of a hang or a dead rank: what each rank reported (a stuck rank's
+    stack, a dead rank's exit and last stderr lines) and the replay command."""
+    lines = [
+        f"{case.describe()} did not finish (target {target}): {exc.kind} on rank(s) {', '.join(map(str, exc.failures))}"
+    ]
+    for rank, failure in exc.failures.items():
+        lines.append(f"  rank {rank}: {failure}")
+        lines += [f"    {line}" for line in failure.traceback.splitlines()]
+    lines.append(f"replay: {replay_command(case, target)}")
+    return "\n".join(lines)
+
+
+def observe_case(world: JobRunner, case: Case, target: str, abort_on_fault: bool = False) -> list[Outcome]:
+    """Every rank's observed outcome; a blocked rank (and, unless ``abort_on_fault``, a hang or
+    a dead rank) becomes a RaisedObs. With ``abort_on_fault`` a hang or a dead rank raises
+    :class:`CaseAborted`."""
     try:
         return world.run(run_case, case, target)
     except JobFailed as exc:
+        if abort_on_fault and exc.kind in ("hang", "crash"):
+            raise CaseAborted(fault_report(case, target, exc)) from None
         outcomes = []
         for rank in range(world.size):
             if rank in exc.results:
@@ -67,33 +100,79 @@ def observe_case(world: JobRunner, case: Case, target: str) -> list[Outcome]:
 
 
 def check_case(
-    world: JobRunner, case: Case, target: str, divergences: Divergences | None = None
+    world: JobRunner,
+    case: Case,
+    target: str,
+    divergences: Divergences | None = None,
+    count: bool = True,
+    abort_on_fault: bool = False,
 ) -> CaseReport:
     """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
-    two sides with each other); known divergences excuse only the difference lines they match."""
+    two sides with each other); known divergences excuse only the differences they match.
+    With ``abort_on_fault`` a hang or a dead rank raises :class:`CaseAborted`."""
     if case.utility.startswith(LAW_PREFIX):
-        diffs = law_differences(world, case, target)
+        diffs = law_differences(world, case, target, abort_on_fault)
+        observed = None
     else:
-        observed = observe_case(world, case, target)
-        expected = expected_outcomes(case)
-        root = first_root(case)
-        diffs = [
-            d for r in range(case.world_size) for d in compare_outcomes(expected[r], observed[r], r, root)
-        ]
+        observed = observe_case(world, case, target, abort_on_fault)
+        diffs = oracle_differences(case, observed)
+    diffs = [replace(d, leaf=leaf_info(case, d)) for d in diffs]
     report = CaseReport(case, target, diffs)
     if divergences is not None and diffs:
-        report.diffs, report.excused = divergences.excuse(case, diffs)
+        report.diffs, report.excused = divergences.excuse(case, diffs, count)
+        if observed is not None:
+            report.diffs += _judged_as_if(case, observed, report.excused, divergences, count)
     return report
 
 
-def law_differences(world: JobRunner, case: Case, target: str) -> list[str]:
+def oracle_differences(
+    case: Case, observed: list[Outcome], expected_case: Case | None = None
+) -> list[Difference]:
+    """Every rank's differences from what the oracle expects for ``expected_case`` (``case``)."""
+    expected = expected_outcomes(expected_case or case)
+    root = first_root(case)
+    return [d for r in range(case.world_size) for d in compare_outcomes(expected[r], observed[r], r, root)]
+
+
+def _judged_as_if(
+    case: Case,
+    observed: list[Outcome],
+    excused: list[tuple[str, Difference]],
+    divergences: Divergences,
+    count: bool,
+) -> list[Difference]:
+    """An entry with ``as_if`` excuses a call that returned instead of raising; what it
+    returned must then be what the contract gives for the call made with those arguments.
+    The differences found so are judged by the other entries as usual."""
+    by_id = {e.id: e for e in divergences.entries}
+    found: list[Difference] = []
+    for entry_id, diff in excused:
+        entry = by_id[entry_id]
+        if not entry.as_if or diff.field != "raised" or diff.observed != "nothing":
+            continue
+        as_if = case.with_kwargs(**dict(entry.as_if))
+        mine = [observed[r] if r == diff.rank else Outcome(ANY) for r in range(case.world_size)]
+        again = [d for d in oracle_differences(case, mine, as_if) if d.rank == diff.rank]
+        again = [replace(d, leaf=leaf_info(case, d)) for d in again]
+        left, more = divergences.excuse(case, again, count)
+        excused.extend(more)
+        found += left
+    return found
+
+
+def law_differences(
+    world: JobRunner, case: Case, target: str, abort_on_fault: bool = False
+) -> list[Difference]:
     """Where the two sides of a cross-utility law disagree, rank by rank."""
     law = case.utility.removeprefix(LAW_PREFIX)
     try:
         outcomes: list[Outcome] = world.run(run_law, case, law, target)
     except JobFailed as exc:
-        return [f"{case.utility}: {exc}"]
-    diffs: list[str] = []
+        if abort_on_fault and exc.kind in ("hang", "crash"):
+            raise CaseAborted(fault_report(case, target, exc)) from None
+        rank = next(iter(exc.failures), 0)
+        return [Difference(rank, case.utility, (), "job", exc.kind, "result", f"{exc}")]
+    diffs: list[Difference] = []
     for rank, outcome in enumerate(outcomes):
         reference = outcome.mutated["reference"]
         if reference is None:  # the oracle is the reference side

@@ -20,6 +20,40 @@ class UsageError(Exception):
     """Bad command-line input; the message is the one line the user sees."""
 
 
+#: After the first Ctrl-C, seconds the command gets to stop cleanly (keeping what it found)
+#: before it stops hard; a second Ctrl-C stops hard at once.
+INTERRUPT_GRACE = 3.0
+
+
+def _stop_hard() -> None:
+    from conformance.world import kill_all_worlds
+
+    print("\ninterrupted: stopping now", file=sys.stderr, flush=True)
+    kill_all_worlds()
+    sys.stdout.flush()
+    os._exit(130)
+
+
+def install_interrupt_handler() -> None:
+    """Ctrl-C stops the command within INTERRUPT_GRACE seconds wherever it lands (even in a
+    frame that swallows KeyboardInterrupt, such as a gc callback); a second one at once."""
+    import signal
+    import threading
+
+    pressed = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        pressed.append(time.monotonic())
+        if len(pressed) > 1:
+            _stop_hard()
+        timer = threading.Timer(INTERRUPT_GRACE, _stop_hard)
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def _utilities(text: str | None) -> tuple[str, ...]:
     from conformance.targets import UTILITIES
 
@@ -42,6 +76,16 @@ def _world_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(not 1 <= s <= max_world_size() for s in sizes):
         raise argparse.ArgumentTypeError(f"sizes must lie between 1 and {max_world_size()}; got {text!r}")
     return sizes
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes seconds, e.g. 600; got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive; got {text!r}")
+    return value
 
 
 def _check_target(name: str) -> None:
@@ -93,6 +137,12 @@ def _common_env(args: argparse.Namespace) -> dict[str, str]:
         env["SDC_ONLY"] = ",".join(args.only)
     if getattr(args, "placement", None):
         env["SDC_PLACEMENTS"] = ",".join(args.placement)
+    if getattr(args, "strict", False):
+        env["SDC_STRICT"] = "1"
+    if getattr(args, "shrink_hangs", False):
+        env["SDC_SHRINK_HANGS"] = "1"
+    if getattr(args, "time_limit", None):
+        env["SDC_TIME_LIMIT"] = str(args.time_limit)
     return env
 
 
@@ -112,9 +162,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from conformance.divergences import load_divergences
     from conformance.harness import HarnessConfig
     from conformance.report import Collector, RunReport, remember_divergences, write_json
+    from conformance.targets import load_target
 
     os.environ.update(_common_env(args))
-    config = HarnessConfig(target=args.target, expected=args.expected)
+    config = HarnessConfig(
+        target=args.target,
+        expected=args.expected,
+        world_sizes=tuple(args.world_sizes),
+        backend=args.backend,
+        case_timeout=args.case_timeout,
+        profile=args.profile,
+        max_examples=args.max_examples,
+        placements=tuple(args.placement),
+        only=tuple(args.only),
+        strict=args.strict,
+        shrink_hangs=args.shrink_hangs,
+        time_limit=args.time_limit,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(config.header_lines()), flush=True)  # pytest -q prints no header
     remember_divergences(load_divergences(config.expected_name).entries)
     pytest_args = [
         str(SUITE),
@@ -154,6 +220,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = RunReport(
         target=args.target,
         torch_version=torch.__version__,
+        target_file=load_target(args.target).file,
+        divergence_file=load_divergences(config.expected_name).source,
         world_sizes=list(args.world_sizes),
         backend=args.backend,
         profile=args.profile,
@@ -162,8 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "seconds": round(seconds, 2),
             **{
                 o: sum(r.outcome == o for r in collector.results)
-                for o in ("passed", "failed", "xfailed", "xpassed", "skipped")
+                for o in ("passed", "failed", "missing", "xfailed", "xpassed", "skipped")
             },
+            "excused": collector.stats.get("excused", {}),
             "cases_by_utility": by_utility,
         },
         results=collector.results,
@@ -173,13 +242,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = report.summary
     print(
         f"\n{s['cases']} cases in {s['seconds']:.1f}s ({s['cases'] / max(s['seconds'], 1e-9):.1f} cases/s): "
-        f"{s['passed']} passed, {s['failed']} failed, {s['xfailed']} known divergences, "
+        f"{s['passed']} passed, {s['failed']} failed, {s['missing']} missing, {s['xfailed']} known divergences, "
         f"{s['xpassed']} no longer reproducing, {s['skipped']} skipped"
     )
     if args.json:
         write_json(report, args.json)
         print(f"report written to {args.json}")
-    failed = s["failed"] or any(r.outcome == "error" for r in report.results)
+    failed = s["failed"] or s["missing"] or any(r.outcome == "error" for r in report.results)
     if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
         return 1
     return 1 if failed else 0
@@ -214,11 +283,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("conforms: every rank observed what the contract expects")
         return 0
     for rank in range(case.world_size):
-        mine = [d for d in report.diffs if d.startswith(f"rank {rank},")]
-        print(f"rank {rank}: " + ("matches the contract" if not mine else f"{len(mine)} difference(s)"))
-        for line in mine:
-            print(f"  {line.split(', ', 1)[1]}")
-    for key, count in report.excused.items():
+        mine = [d for d in report.diffs if d.rank == rank]
+        excused = [(entry, d) for entry, d in report.excused if d.rank == rank]
+        if not mine and not excused:
+            print(f"rank {rank}: matches the contract")
+            continue
+        print(f"rank {rank}: {len(mine)} difference(s), {len(excused)} excused")
+        for diff in mine:
+            print(f"  {diff.render().split(', ', 1)[1]}")
+        for entry, diff in excused:
+            print(f"  excused by {entry}: {diff.render().split(', ', 1)[1]}")
+    for key, count in report.excused_counts.items():
         print(f"known divergence {key}: excused {count} difference(s)")
     return 0 if report.passed else 1
 
@@ -303,6 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", default=None, help="write a JUnit XML report here")
     run.add_argument("--placement", action="append", default=[], help="user placement model module:Model")
     run.add_argument("--launcher", default="spawn", choices=["spawn", "torchrun"])
+    run.add_argument(
+        "--strict", action="store_true", help="known divergences that no longer reproduce fail the run"
+    )
+    run.add_argument(
+        "--time-limit",
+        type=_positive_seconds,
+        default=None,
+        help="seconds for the whole run: later properties are reported as not run",
+    )
+    run.add_argument(
+        "--shrink-hangs",
+        action="store_true",
+        help="shrink hangs and dead ranks like other failures (each step restarts the world; slow)",
+    )
     run.set_defaults(func=cmd_run)
 
     replay = sub.add_parser("replay", help="re-run one case and print observed vs expected per rank")
@@ -345,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed help, or its one-line usage error
         return 0 if not exc.code else 2
+    install_interrupt_handler()
     try:
         if getattr(args, "target", None) and args.command in ("run", "replay", "fuzz"):
             _check_target(args.target)

@@ -2,11 +2,15 @@
 
 Data movement is compared bitwise (NaN-aware, -0.0 distinct from 0.0); a tolerance applies
 only where the expected leaf says a reduction's order may legitimately vary. Every difference
-is one line: ``rank 1, state_dict['a'][0]: dtype is float32, expected float64``.
+is a :class:`Difference` (rank, argument root, path, field, observed, expected), rendered as
+one line: ``rank 1, state_dict['a'][0]: dtype is torch.float32, expected torch.float64``.
+A container whose keys differ still has the children it shares compared key by key.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import torch
@@ -21,66 +25,210 @@ from conformance.observation import (
     ValueObs,
 )
 
+#: The fields a difference can be about (what known divergences name as their symptom).
+FIELDS = (
+    "kind",  # a different sort of object: observed / expected say which (Tensor, dict, NoneType, ...)
+    "container",  # container kind
+    "keys",  # container keys (in order)
+    "class",
+    "device",
+    "dtype",
+    "shape",
+    "stride",
+    "local_shape",
+    "placements",
+    "mesh_shape",
+    "aliases",
+    "pinned",
+    "shared",
+    "data",  # local data; observed / expected: the first differing elements
+    "value",  # a non-tensor leaf: "<type> <repr>"
+    "raised",  # "<type>: <message>" of the exception raised, or "nothing" when the call returned
+    "message",  # the exception message (expected: a substring it must contain)
+    "observed",  # an argument the rank never reported
+    "job",  # a law's job failed on the world (hang, crash, error)
+)
+
+
+@dataclass(frozen=True)
+class LeafInfo:
+    """What the case's input spec says about the leaf a difference is on."""
+
+    kind: str  # "Tensor", "DTensor", "ShardedTensor", "value", "container", "absent"
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    placements: tuple[str, ...] | None = None
+    mesh_shape: tuple[int, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None
+        }
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way in which a rank's outcome differs from the expected one."""
+
+    rank: int
+    root: str  # the argument the path starts from: state_dict, local_state_dict, ...
+    path: tuple[Any, ...]
+    field: str  # one of FIELDS
+    observed: Any
+    expected: Any
+    detail: str = ""  # the rendered tail, where "<field> is <observed>, expected <expected>" won't do
+    leaf: LeafInfo | None = None
+    mutated: bool = False  # in an argument after the call (not in what the call returned)
+    observed_data: torch.Tensor | None = dc_field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        return f"rank {self.rank}, {self.root}{''.join(format_key(k) for k in self.path)}"
+
+    def render(self) -> str:
+        tail = self.detail or f"{self.field} is {self.observed}, expected {self.expected}"
+        return f"{self.where}: {tail}"
+
+    __str__ = render
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "root": self.root,
+            "path": [k if isinstance(k, (str, int)) else repr(k) for k in self.path],
+            "field": self.field,
+            "observed": as_text(self.observed),
+            "expected": as_text(self.expected),
+            "leaf": self.leaf.to_json() if self.leaf else None,
+            "mutated": self.mutated,
+            "message": self.render(),
+        }
+
+
+def as_text(value: Any) -> str:
+    """The text a known divergence's ``observed`` / ``expected`` patterns are matched against."""
+    return value if isinstance(value, str) else str(value)
+
 
 def format_key(key: Any) -> str:
     return f"[{key!r}]"
 
 
-def compare_outcomes(expected: Outcome, observed: Outcome, rank: int, root: str = "state_dict") -> list[str]:
-    """Every difference between two outcomes of one rank, one line each."""
-    diffs: list[str] = []
-    _compare(expected.result, observed.result, f"rank {rank}, {root}", "", diffs)
+class _Diffs:
+    """Collects the differences of one rank under one argument root."""
+
+    def __init__(self, rank: int, root: str, mutated: bool = False) -> None:
+        self.rank, self.root, self.mutated = rank, root, mutated
+        self.found: list[Difference] = []
+
+    def add(
+        self, path: tuple, name: str, observed: Any, expected: Any, detail: str = "", **extra: Any
+    ) -> None:
+        self.found.append(
+            Difference(
+                self.rank, self.root, path, name, observed, expected, detail, mutated=self.mutated, **extra
+            )
+        )
+
+
+def compare_outcomes(
+    expected: Outcome, observed: Outcome, rank: int, root: str = "state_dict"
+) -> list[Difference]:
+    """Every difference between two outcomes of one rank."""
+    diffs = _Diffs(rank, root)
+    _compare(expected.result, observed.result, (), diffs)
+    found = diffs.found
     for name, tree in expected.mutated.items():
+        mutated = _Diffs(rank, name, mutated=True)
         if name not in observed.mutated:
-            diffs.append(f"rank {rank}, {name}: not observed")
-            continue
-        _compare(tree, observed.mutated[name], f"rank {rank}, {name}", "", diffs)
-    return diffs
+            mutated.add((), "observed", False, True, "not observed")
+        else:
+            _compare(tree, observed.mutated[name], (), mutated)
+        found += mutated.found
+    return found
 
 
-def _compare(expected: Any, observed: Any, where: str, path: str, diffs: list[str]) -> None:
-    here = f"{where}{path}"
+def _compare(expected: Any, observed: Any, path: tuple, diffs: _Diffs) -> None:
     if expected is ANY:
         return
     if isinstance(expected, RaisedObs) or isinstance(observed, RaisedObs):
-        _compare_raised(expected, observed, here, diffs)
+        _compare_raised(expected, observed, path, diffs)
         return
     if type(expected) is not type(observed):
-        diffs.append(f"{here}: is {_summary(observed)}, expected {_summary(expected)}")
+        diffs.add(
+            path,
+            "kind",
+            kind_of(observed),
+            kind_of(expected),
+            f"is {_summary(observed)}, expected {_summary(expected)}",
+        )
         return
     if isinstance(expected, Container):
         if expected.kind != observed.kind:
-            diffs.append(f"{here}: container is {observed.kind}, expected {expected.kind}")
+            diffs.add(path, "container", observed.kind, expected.kind)
         if expected.keys != observed.keys:
-            diffs.append(f"{here}: keys are {list(observed.keys)}, expected {list(expected.keys)}")
-            if set(expected.keys) != set(observed.keys):
-                return
+            diffs.add(
+                path,
+                "keys",
+                list(observed.keys),
+                list(expected.keys),
+                f"keys are {list(observed.keys)}, expected {list(expected.keys)}",
+            )
         by_key = dict(zip(observed.keys, observed.children, strict=True))
         for key, child in zip(expected.keys, expected.children, strict=True):
-            _compare(child, by_key[key], where, path + format_key(key), diffs)
+            if key in by_key:
+                _compare(child, by_key[key], (*path, key), diffs)
     elif isinstance(expected, TensorObs):
-        _compare_tensor(expected, observed, here, diffs)
+        _compare_tensor(expected, observed, path, diffs)
     elif isinstance(expected, ValueObs):
         if expected.type_name != observed.type_name or not _same_value(expected.value, observed.value):
-            diffs.append(f"{here}: value is {_summary(observed)}, expected {_summary(expected)}")
+            diffs.add(path, "value", _summary(observed), _summary(expected))
 
 
-def _compare_raised(expected: Any, observed: Any, here: str, diffs: list[str]) -> None:
+def kind_of(obs: Any) -> str:
+    """The sort of object an observation is: Tensor / DTensor / ShardedTensor, a container
+    kind, or a value's type name."""
+    if isinstance(obs, TensorObs):
+        return obs.cls
+    if isinstance(obs, Container):
+        return obs.kind
+    if isinstance(obs, ValueObs):
+        return obs.type_name
+    return type(obs).__name__
+
+
+def _compare_raised(expected: Any, observed: Any, path: tuple, diffs: _Diffs) -> None:
     if not isinstance(observed, RaisedObs):
-        diffs.append(
-            f"{here}: returned {_summary(observed)}, expected to raise {expected.type_name}({expected.message!r})"
+        diffs.add(
+            path,
+            "raised",
+            "nothing",
+            expected.type_name,
+            f"returned {_summary(observed)}, expected to raise {expected.type_name}({expected.message!r})",
         )
     elif not isinstance(expected, RaisedObs):
-        diffs.append(
-            f"{here}: raised {observed.type_name}: {observed.message}, expected {_summary(expected)}"
+        diffs.add(
+            path,
+            "raised",
+            f"{observed.type_name}: {observed.message}",
+            "nothing",
+            f"raised {observed.type_name}: {observed.message}, expected {_summary(expected)}",
         )
     elif expected.type_name not in (ANY, observed.type_name):
-        diffs.append(
-            f"{here}: raised {observed.type_name}: {observed.message}, expected {expected.type_name}"
+        diffs.add(
+            path,
+            "raised",
+            f"{observed.type_name}: {observed.message}",
+            expected.type_name,
+            f"raised {observed.type_name}: {observed.message}, expected {expected.type_name}",
         )
     elif expected.message not in observed.message:
-        diffs.append(
-            f"{here}: raised {observed.type_name}: {observed.message!r}, expected a message containing {expected.message!r}"
+        diffs.add(
+            path,
+            "message",
+            observed.message,
+            expected.message,
+            f"raised {observed.type_name}: {observed.message!r}, expected a message containing {expected.message!r}",
         )
 
 
@@ -99,22 +247,30 @@ TENSOR_FACTS = (
 )
 
 
-def _compare_tensor(expected: TensorObs, observed: TensorObs, here: str, diffs: list[str]) -> None:
+def _compare_tensor(expected: TensorObs, observed: TensorObs, path: tuple, diffs: _Diffs) -> None:
     for name in TENSOR_FACTS:
         want, got = getattr(expected, name), getattr(observed, name)
         if want is ANY or want == got:
             continue
         if name == "stride" and same_layout(observed.local_shape, want, got):
             continue
-        diffs.append(f"{here}: {_fact_label(name)} is {_show(name, got)}, expected {_show(name, want)}")
+        field_name = _fact_label(name)
+        label = "aliases input" if field_name == "aliases" else field_name
+        diffs.add(path, field_name, got, want, f"{label} is {_show(name, got)}, expected {_show(name, want)}")
     if expected.data is None or expected.data is ANY:
         return
     if observed.data is None:
-        diffs.append(f"{here}: holds no local data, expected {tuple(expected.data.shape)}")
+        diffs.add(
+            path,
+            "data",
+            None,
+            tuple(expected.data.shape),
+            f"holds no local data, expected {tuple(expected.data.shape)}",
+        )
         return
     mismatch = tensor_mismatch(expected.data, observed.data, expected.tolerance)
     if mismatch:
-        diffs.append(f"{here}: {mismatch}")
+        diffs.add(path, "data", "differs", "equal", mismatch, observed_data=observed.data)
 
 
 def same_layout(shape: object, want: tuple[int, ...], got: tuple[int, ...]) -> bool:
@@ -171,7 +327,8 @@ def _same_value(expected: Any, observed: Any) -> bool:
 
 
 def _fact_label(name: str) -> str:
-    return {"cls": "class", "device_type": "device", "aliases": "aliases input"}.get(name, name)
+    """The difference field of a TensorObs fact."""
+    return {"cls": "class", "device_type": "device"}.get(name, name)
 
 
 def _show(name: str, value: Any) -> str:

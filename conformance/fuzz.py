@@ -22,7 +22,7 @@ from hypothesis.database import InMemoryExampleDatabase
 
 from conformance.case import Case, replay_command
 from conformance.case_strategies import CASES, LAW_CASES
-from conformance.check import CaseReport
+from conformance.check import CaseAborted, CaseReport
 from conformance.harness import Harness, HarnessConfig
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -38,14 +38,23 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+#: Fields whose observed / expected values name the bug (a kind, a dtype, an exception type);
+#: for the others (data, shapes, keys) the values differ from case to case.
+_CATEGORICAL = ("kind", "container", "class", "device", "dtype", "raised", "pinned", "shared")
+
+
 def signature(report: CaseReport) -> str:
-    """What makes two failures the same bug: utility and the first difference, with ranks,
-    paths and numbers blurred."""
-    first = report.diffs[0] if report.diffs else ""
-    blurred = re.sub(r"^rank \d+, ", "", first)
-    blurred = re.sub(r"\[[^\]]*\]", "[]", blurred)
-    blurred = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", blurred)
-    return f"{report.case.utility}: {blurred}"
+    """What makes two failures the same bug: utility, and the first difference's argument
+    root, field and leaf kind (with its observed / expected values where they are categories)."""
+    if not report.diffs:
+        return f"{report.case.utility}: no difference"
+    first = report.diffs[0]
+    leaf = first.leaf.kind if first.leaf else "?"
+    key = f"{report.case.utility}: {first.root} {first.field} on {leaf}"
+    if first.field in _CATEGORICAL:
+        observed = re.sub(r":.*", "", str(first.observed))  # an exception's type, not its message
+        key += f" ({observed}, expected {first.expected})"
+    return key
 
 
 class Fuzzer:
@@ -89,37 +98,49 @@ class Fuzzer:
         def prop(case: Case) -> None:
             if self.out_of_time():
                 return  # let the batch finish quickly; nothing is judged after the budget
-            report = self.harness.check(case)
+            try:
+                report = self.harness.check(case)
+            except CaseAborted as exc:  # a hang or a dead rank: saved as it is, not shrunk
+                self.save_fault(case, str(exc))
+                raise
             self.progress()
             if not report.passed:
                 failing.append((case, report))
-                raise AssertionError(report.diffs[0])
+                raise AssertionError(report.diffs[0].render())
 
         try:
             prop()
+        except CaseAborted:
+            return
         except Exception:
             if not failing:
                 raise
             self.save(failing[-1][1])  # Hypothesis replays the shrunk example last
 
+    def save_fault(self, case: Case, text: str) -> None:
+        """Save a case that hung or killed a rank (the first line names its kind)."""
+        kind = "hang" if " hang on rank" in text.splitlines()[0] else "crash"
+        self._write(f"{case.utility}: did not finish ({kind})", case, {"report": text})
+
     def save(self, report: CaseReport) -> None:
-        key = signature(report)
+        self._write(
+            signature(report),
+            report.case,
+            {"differences": [d.to_json() for d in report.diffs[:20]]},
+        )
+
+    def _write(self, key: str, case: Case, details: dict) -> None:
         if key in self.known or key in self.failures:
             return
         digest = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
-        path = self.out / f"{report.case.utility.replace(':', '-')}-{digest}.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "signature": key,
-                    "replay": replay_command(report.case, self.target),
-                    "differences": report.diffs[:20],
-                    "case": report.case.to_json(),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        path = self.out / f"{case.utility.replace(':', '-')}-{digest}.json"
+        record = {
+            "signature": key,
+            "replay": replay_command(case, self.target),
+            **details,
+            "case": case.to_json(),
+        }
+        path.write_text(json.dumps(record, indent=2) + "\n")
         self.failures[key] = path
         self.progress(force=True)
         print(f"\nnew failure: {key}\n  saved to {path}", file=sys.stderr)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from conformance.case import Case
 from conformance.check import CaseReport, check_case, observe_case
-from conformance.divergences import SHIPPED, Divergences, load_divergences
+from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
 from conformance.targets import Target, load_target
 from conformance.world import JobRunner, World
 
@@ -25,6 +26,9 @@ class HarnessConfig:
     max_examples: int | None = None
     placements: tuple[str, ...] = ()  # user placement models, "module:Model"
     only: tuple[str, ...] = ()  # restrict the suite to these utilities (and laws among them)
+    strict: bool = False  # known divergences that no longer reproduce fail the run
+    shrink_hangs: bool = False  # shrink hangs and dead ranks like other failures (slow: restarts)
+    time_limit: float | None = None  # seconds for the whole run; later properties are not run
 
     @property
     def expected_name(self) -> str:
@@ -48,15 +52,24 @@ class HarnessConfig:
             f"  world sizes {','.join(map(str, self.world_sizes))}, backend {self.backend}, "
             f"case timeout {self.case_timeout:g}s, profile {self.profile}"
             + (f", max examples {self.max_examples}" if self.max_examples else ""),
-            f"  known divergences: {self.expected_name}",
+            f"  known divergences: {_divergences_line(self.expected_name)}",
         ]
         if self.placements:
             lines.append(f"  user placements: {', '.join(self.placements)}")
         if self.only:
             lines.append(f"  only: {', '.join(self.only)}")
         if missing:
-            lines.append(f"  target lacks: {', '.join(missing)} (their properties are skipped)")
+            lines.append(
+                f"  target lacks: {', '.join(missing)} (failures unless the expected file declares them absent)"
+            )
         return lines
+
+
+def _divergences_line(name: str) -> str:
+    try:
+        return load_divergences(name).describe()
+    except DivergenceFileError as exc:
+        return f"UNUSABLE: {exc}"
 
 
 def register_placements(references: tuple[str, ...]) -> None:
@@ -79,11 +92,19 @@ def warm_up(target_name: str) -> None:
 
 
 _active: HarnessConfig | None = None
+_started = time.monotonic()
 
 
 def set_active_config(config: HarnessConfig) -> None:
-    global _active
-    _active = config
+    """The settings of this run; its time limit counts from now."""
+    global _active, _started
+    _active, _started = config, time.monotonic()
+
+
+def out_of_time() -> bool:
+    """Whether the run's ``time_limit`` (if any) has passed."""
+    limit = active_config().time_limit
+    return limit is not None and time.monotonic() - _started >= limit
 
 
 def active_config() -> HarnessConfig:
@@ -130,19 +151,26 @@ class Harness:
             world.close()
         self._worlds.clear()
 
-    def supports(self, *utilities: str) -> str | None:
-        """None when the target has every utility, else a skip reason."""
+    def missing(self, utility: str) -> list[str]:
+        """The utilities ``utility`` (or the law) needs that the target lacks."""
         from conformance.laws import LAW_PREFIX, LAWS
 
-        needed = [n for u in utilities for n in LAWS.get(u.removeprefix(LAW_PREFIX), (u,))]
-        missing = sorted({u for u in needed if self.target.function(u) is None})
-        return f"target {self.config.target} lacks {', '.join(missing)}" if missing else None
+        needed = LAWS.get(utility.removeprefix(LAW_PREFIX), (utility,))
+        return sorted({u for u in needed if self.target.function(u) is None})
 
-    def check(self, case: Case, excuse: bool = True) -> CaseReport:
-        """Judge one case; with ``excuse`` the known divergences excuse what they match."""
+    def check(self, case: Case, excuse: bool = True, count: bool = True) -> CaseReport:
+        """Judge one case; with ``excuse`` the known divergences excuse what they match (and,
+        with ``count``, the differences they excuse count as this run's hits)."""
         self.cases_by_utility[case.utility] = self.cases_by_utility.get(case.utility, 0) + 1
         divergences = self.divergences if excuse else None
-        return check_case(self.world(case.world_size), case, self.config.target, divergences)
+        return check_case(
+            self.world(case.world_size),
+            case,
+            self.config.target,
+            divergences,
+            count,
+            abort_on_fault=not self.config.shrink_hangs,
+        )
 
     @property
     def cases_run(self) -> int:

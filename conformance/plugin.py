@@ -6,7 +6,9 @@ variables (option wins): ``--target`` / ``SDC_TARGET`` (default ``impl``), ``--e
 any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2``), ``--backend`` / ``SDC_BACKEND``
 (``gloo``), ``--case-timeout`` / ``SDC_CASE_TIMEOUT`` (30 s), ``--sdc-profile`` /
 ``SDC_PROFILE`` (``dev``), ``--max-examples`` / ``SDC_MAX_EXAMPLES``, ``--placement`` /
-``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities).
+``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities),
+``--sdc-strict`` / ``SDC_STRICT`` (stale known divergences fail the run), ``--shrink-hangs``
+/ ``SDC_SHRINK_HANGS``, ``--time-limit`` / ``SDC_TIME_LIMIT`` (seconds for the whole run).
 """
 
 from __future__ import annotations
@@ -55,6 +57,19 @@ _OPTIONS = [
     ("--max-examples", "max_examples", "SDC_MAX_EXAMPLES", "override the profile's examples per property"),
     ("--placement", "placement", "SDC_PLACEMENTS", "user placement models module:Model, comma-separated"),
     ("--only", "only", "SDC_ONLY", "comma-separated utilities to test (and the laws among them)"),
+    (
+        "--sdc-strict",
+        "sdc_strict",
+        "SDC_STRICT",
+        "known divergences that no longer reproduce fail the run (1)",
+    ),
+    ("--shrink-hangs", "shrink_hangs", "SDC_SHRINK_HANGS", "shrink hangs and dead ranks too (1; slow)"),
+    (
+        "--time-limit",
+        "time_limit",
+        "SDC_TIME_LIMIT",
+        "seconds for the whole run; later properties are not run",
+    ),
 ]
 
 
@@ -93,10 +108,15 @@ def read_config(config: pytest.Config) -> HarnessConfig:
     try:
         timeout = float(_setting(config, "case_timeout", "30"))
         max_examples = int(_setting(config, "max_examples", "0")) or None
+        time_limit = float(_setting(config, "time_limit", "0")) or None
     except ValueError as exc:
-        raise pytest.UsageError(f"--case-timeout and --max-examples take numbers ({exc})") from None
+        raise pytest.UsageError(
+            f"--case-timeout, --max-examples and --time-limit take numbers ({exc})"
+        ) from None
     if timeout <= 0:
         raise pytest.UsageError(f"--case-timeout must be positive, got {timeout:g}")
+    if (max_examples or 0) < 0 or (time_limit or 0) < 0:
+        raise pytest.UsageError("--max-examples and --time-limit must not be negative")
     profile = _setting(config, "sdc_profile", "dev")
     if profile not in PROFILES:
         raise pytest.UsageError(
@@ -117,7 +137,14 @@ def read_config(config: pytest.Config) -> HarnessConfig:
         max_examples=max_examples,
         placements=_names(_setting(config, "placement", "")),
         only=only,
+        strict=_flag(_setting(config, "sdc_strict", "0")),
+        shrink_hangs=_flag(_setting(config, "shrink_hangs", "0")),
+        time_limit=time_limit,
     )
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() not in ("", "0", "false", "no")
 
 
 _CONFIG = pytest.StashKey[HarnessConfig]()
@@ -197,6 +224,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     )
     for key, count in sorted(stats["excused"].items()):
         terminalreporter.write_line(f"known divergence {key}: excused {count} difference(s)")
+    for entry in unmatched_entries(config):
+        terminalreporter.write_line(f"known divergence {entry.id}: matched nothing in this run")
+
+
+def unmatched_entries(config: pytest.Config) -> list:
+    """Active entries about a utility this run exercised that excused no difference."""
+    from conformance.divergences import load_divergences
+
+    stats = config.stash[_STATS]
+    ran = set(stats["by_utility"])
+    entries = load_divergences(config.stash[_CONFIG].expected_name).entries
+    return [e for e in entries if ran & set(e.utilities) and not stats["excused"].get(e.id)]
 
 
 def item_utilities(item: pytest.Item) -> tuple[str, ...]:
@@ -223,6 +262,15 @@ def _as_function(item: pytest.Item) -> pytest.Function:
 def is_suite_item(item: pytest.Item) -> bool:
     module = _as_function(item).module
     return module is not None and module.__name__.startswith("conformance.suite")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Past the run's time limit, suite properties are skipped (reported as not run)."""
+    from conformance.harness import out_of_time
+    from conformance.properties import TIME_LIMIT_REACHED
+
+    if is_suite_item(item) and out_of_time():
+        pytest.skip(TIME_LIMIT_REACHED)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

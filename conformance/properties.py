@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conformance.case import Case
 from conformance.case_strategies import CASES, LAW_CASES
-from conformance.harness import Harness, active_config
+from conformance.harness import Harness, active_config, out_of_time
 from strategies.spec import DictSpec, UnsupportedSpec
 
 
@@ -21,19 +21,9 @@ def cases_for(utility: str, **fixed: Any) -> st.SearchStrategy[Case]:
     def build() -> st.SearchStrategy[Case]:
         sizes = active_config().world_sizes
         strategy = LAW_CASES[utility](sizes) if utility.startswith("law:") else CASES[utility](sizes)
-        return strategy.map(lambda case: with_kwargs(case, **fixed)) if fixed else strategy
+        return strategy.map(lambda case: case.with_kwargs(**fixed)) if fixed else strategy
 
     return st.deferred(build)
-
-
-def with_kwargs(case: Case, **fixed: Any) -> Case:
-    kwargs = dict(case.kwargs)
-    for name, value in fixed.items():
-        if value is None:
-            kwargs.pop(name, None)
-        else:
-            kwargs[name] = value
-    return replace(case, kwargs=tuple(kwargs.items()))
 
 
 def with_unsupported_leaf(case: Case) -> Case:
@@ -49,12 +39,33 @@ def with_unsupported_leaf(case: Case) -> Case:
 def assert_conforms(harness: Harness, case: Case) -> None:
     """Fail with every rank's first differences and a replay command unless ``case`` conforms."""
     __tracebackhide__ = True
-    reason = harness.supports(case.utility)
-    if reason:
-        pytest.skip(reason)
+    require_utilities(harness, case.utility)
+    if out_of_time():
+        pytest.skip(TIME_LIMIT_REACHED)
     report = harness.check(case)
     if not report.passed:
         raise AssertionError(report.failure_message())
+
+
+MISSING = "missing utility"
+TIME_LIMIT_REACHED = "time limit reached: not run (or cut short)"
+
+
+def require_utilities(harness: Harness, utility: str) -> None:
+    """Fail when the target lacks ``utility`` (or a utility of the law), skip when its
+    expected file declares every missing one absent."""
+    __tracebackhide__ = True
+    missing = harness.missing(utility)
+    if not missing:
+        return
+    undeclared = [u for u in missing if u not in harness.divergences.absent]
+    if undeclared:
+        pytest.fail(
+            f"{MISSING}: target {harness.config.target} lacks {', '.join(undeclared)} "
+            f"(declare it in absent = [...] of the expected file if that is intended)",
+            pytrace=False,
+        )
+    pytest.skip(f"target {harness.config.target} lacks {', '.join(missing)} (declared absent)")
 
 
 def law(name: str):

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from conformance.plugin import run_stats
+from conformance.properties import MISSING
 from conformance.targets import UTILITIES
 
-OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+OUTCOMES = ("passed", "failed", "missing", "xfailed", "xpassed", "skipped", "error")
 _REPLAY = re.compile(r"replay: (python -m conformance replay \S+ \S+ \S+)")
 
 
@@ -29,6 +30,8 @@ class Result:
 class RunReport:
     target: str
     torch_version: str
+    target_file: str
+    divergence_file: str
     world_sizes: list[int]
     backend: str
     profile: str
@@ -41,10 +44,10 @@ class RunReport:
         return data
 
     def table(self) -> str:
-        """One row per utility: properties passed, failed, divergences still reproducing /
-        no longer reproducing, skipped, and cases executed."""
+        """One row per utility: properties passed, failed, missing from the target, divergences
+        still reproducing / no longer reproducing, skipped, and cases executed."""
         cases = self.summary.get("cases_by_utility", {})
-        rows = [("utility", "passed", "failed", "known div.", "no longer", "skipped", "cases")]
+        rows = [("utility", "passed", "failed", "missing", "known div.", "no longer", "skipped", "cases")]
         names = [u for u in (*UTILITIES, "laws") if any(r.utility == u for r in self.results) or cases.get(u)]
         for name in names:
             mine = [r for r in self.results if r.utility == name]
@@ -54,6 +57,7 @@ class RunReport:
                     name,
                     str(count["passed"]),
                     str(count["failed"] + count["error"]),
+                    str(count["missing"]),
                     str(count["xfailed"]),
                     str(count["xpassed"]),
                     str(count["skipped"]),
@@ -87,6 +91,8 @@ class Collector:
         if outcome is None:
             return
         message = _message(report)
+        if outcome == "failed" and message.startswith(MISSING):
+            outcome = "missing"
         module, _, name = report.nodeid.partition("::")
         utility = _utility_of(module, name)
         replay = _REPLAY.search(message)
@@ -95,7 +101,7 @@ class Collector:
                 utility,
                 name,
                 outcome,
-                message.splitlines()[0] if message else "",
+                message,
                 replay.group(1) if replay else "",
             )
         )
@@ -125,7 +131,7 @@ def _message(report: pytest.TestReport) -> str:
         return str(report.longrepr[2])
     if report.failed:
         text = str(report.longrepr)
-        start = text.find("diverges from the contract")
+        start = max(text.find("diverges from the contract"), text.find("did not finish (target"))
         if start >= 0:
             text = text[text.rfind("\n", 0, start) + 1 :]
         return "\n".join(line.removeprefix("E").strip() for line in text.splitlines() if line.strip())[:4000]

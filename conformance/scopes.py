@@ -1,15 +1,21 @@
-"""Named case predicates that narrow a known divergence to the inputs it is about.
+"""Named predicates that narrow a known divergence to the differences it is about.
 
-A divergence entry with ``scope = "name"`` excuses a difference only in cases for which
-``SCOPES[name](case)`` is true. Keep each predicate small and say in its docstring exactly
-which inputs it selects.
+A divergence entry with ``scope = "name"`` excuses a difference only when
+``SCOPES[name](case, diff)`` is true. Most scopes are *leaf scopes*: they look at the input
+leaf the difference is on (the spec at the difference's path, in the argument trees of the
+case), never at the other leaves of the case, so one leaf in scope cannot hide a bug on
+another. A raised exception has no leaf (it is about the whole call): a leaf scope then asks
+whether some leaf of the case is in scope, and the entry's ``observed`` pattern must pin the
+exception down. Case scopes (keyword arguments of the call) say so in their docstring.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from conformance.case import Case
+from conformance.compare import Difference, LeafInfo
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -21,52 +27,158 @@ from strategies.spec import (
     iter_leaves,
 )
 
+Scope = Callable[[Case, Difference], bool]
 
-def _leaves(case: Case) -> list:
-    leaves = [leaf for _, leaf in iter_leaves(case.state_dict)]
-    if case.other is not None:
-        leaves += [leaf for _, leaf in iter_leaves(case.other)]
-    return leaves
+# Argument roots whose tree is the case's second spec tree (``case.other``).
+_OTHER_ROOTS = ("local_state_dict", "copy_state_dict", "compared_state_dict")
+_CALL_FIELDS = ("raised", "message", "job")
 
 
-def sharded_tensor_not_dim0_in_rank_order(case: Case) -> bool:
-    """Some ShardedTensor is chunked along a dim other than 0, or its chunks are not placed
-    on ranks 0, 1, ... in order, or it is empty (torch assumes dim-0 chunks in rank order)."""
-    return any(
-        isinstance(leaf, ShardedTensorSpec)
-        and (leaf.dim != 0 or list(leaf.rank_order) != sorted(leaf.rank_order) or leaf.tensor.numel == 0)
-        for leaf in _leaves(case)
+def _trees(case: Case, root: str) -> list[Spec]:
+    """The case's spec trees, the one ``root`` names first."""
+    first, second = case.state_dict, case.other
+    if root in _OTHER_ROOTS and case.utility != "distribute_tensors":
+        first, second = second, first
+    return [t for t in (first, second) if t is not None]
+
+
+def spec_at(tree: Spec, path: tuple[Any, ...]) -> Spec | None:
+    """The spec at ``path`` in ``tree`` (dict keys, sequence indices), or None."""
+    node: Spec | None = tree
+    for key in path:
+        if isinstance(node, DictSpec):
+            node = dict(node.items).get(key)
+        elif isinstance(node, SeqSpec) and isinstance(key, int) and 0 <= key < len(node.items):
+            node = node.items[key]
+        else:
+            return None
+    return node
+
+
+def leaf_specs(case: Case, diff: Difference) -> list[Spec]:
+    """The input specs at the difference's path: in its own argument tree first, then in the
+    case's other tree (a loaded entry's full tensor, a copy's source)."""
+    found = (spec_at(tree, diff.path) for tree in _trees(case, diff.root))
+    return [s for s in found if s is not None]
+
+
+def _kind(spec: Spec | None) -> str:
+    if spec is None:
+        return "absent"
+    if isinstance(spec, (DictSpec, SeqSpec)):
+        return "container"
+    if isinstance(spec, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
+        return {TensorSpec: "Tensor", DTensorSpec: "DTensor", ShardedTensorSpec: "ShardedTensor"}[type(spec)]
+    return "value"
+
+
+def leaf_kind(case: Case, diff: Difference) -> str:
+    """Tensor, DTensor, ShardedTensor, value, container or absent: the difference's own leaf."""
+    specs = leaf_specs(case, diff)
+    return _kind(specs[0] if specs else None)
+
+
+def leaf_info(case: Case, diff: Difference) -> LeafInfo:
+    """What the spec says about the difference's own leaf, for reports."""
+    specs = leaf_specs(case, diff)
+    spec = specs[0] if specs else None
+    if isinstance(spec, TensorSpec):
+        return LeafInfo("Tensor", spec.dtype, spec.shape)
+    if isinstance(spec, DTensorSpec):
+        placements = tuple(str(p) for p in spec.placements)
+        return LeafInfo("DTensor", spec.tensor.dtype, spec.tensor.shape, placements, spec.mesh_shape)
+    if isinstance(spec, ShardedTensorSpec):
+        return LeafInfo("ShardedTensor", spec.tensor.dtype, spec.tensor.shape, (f"chunk({spec.dim})",))
+    return LeafInfo(_kind(spec))
+
+
+def _all_leaves(case: Case) -> list[Spec]:
+    return [leaf for tree in _trees(case, "state_dict") for _, leaf in iter_leaves(tree)]
+
+
+def leaf_scope(test: Callable[[Spec], bool]) -> Scope:
+    """A scope true when the difference's own leaf passes ``test`` (for an exception: when
+    some leaf of the case does)."""
+
+    def scope(case: Case, diff: Difference) -> bool:
+        if diff.field in _CALL_FIELDS and not diff.path:
+            return any(test(leaf) for leaf in _all_leaves(case))
+        return any(test(spec) for spec in leaf_specs(case, diff))
+
+    scope.__name__ = test.__name__
+    scope.__doc__ = test.__doc__
+    return scope
+
+
+# --------------------------------------------------------------------------- leaf scopes
+
+
+def sharded_tensor_not_dim0_in_rank_order(spec: Spec) -> bool:
+    """A ShardedTensor chunked along a dim other than 0, or with chunks not placed on ranks
+    0, 1, ... in order, or empty (torch assumes dim-0 chunks in rank order)."""
+    return isinstance(spec, ShardedTensorSpec) and (
+        spec.dim != 0 or list(spec.rank_order) != sorted(spec.rank_order) or spec.tensor.numel == 0
     )
 
 
-def partial_dtensor(case: Case) -> bool:
-    """Some DTensor leaf has a Partial placement."""
-    return any(
-        isinstance(leaf, DTensorSpec) and any(p.kind == "partial" for p in leaf.placements)
-        for leaf in _leaves(case)
+def partial_dtensor(spec: Spec) -> bool:
+    """A DTensor with a Partial placement."""
+    return isinstance(spec, DTensorSpec) and any(p.kind == "partial" for p in spec.placements)
+
+
+def strided_shard_dtensor(spec: Spec) -> bool:
+    """A DTensor with a _StridedShard placement."""
+    return isinstance(spec, DTensorSpec) and any(p.kind == "strided_shard" for p in spec.placements)
+
+
+def zero_dim_tensor(spec: Spec) -> bool:
+    """A 0-d tensor (plain, DTensor or ShardedTensor)."""
+    if isinstance(spec, TensorSpec):
+        return spec.ndim == 0
+    return isinstance(spec, (DTensorSpec, ShardedTensorSpec)) and spec.tensor.ndim == 0
+
+
+def non_contiguous_tensor(spec: Spec) -> bool:
+    """A non-empty plain tensor in a non-contiguous layout (transposed or strided)."""
+    return isinstance(spec, TensorSpec) and spec.layout in ("transposed", "strided") and spec.numel > 0
+
+
+def dtensor_gathered_without_communication(spec: Spec) -> bool:
+    """A DTensor that needs no collective to become its full tensor: every placement is
+    Replicate, or every non-Replicate placement lies on a mesh dim of size 1."""
+    return isinstance(spec, DTensorSpec) and all(
+        p.kind == "replicate" or n == 1 for n, p in zip(spec.mesh_shape, spec.placements, strict=True)
     )
 
 
-def strided_shard_dtensor(case: Case) -> bool:
-    """Some DTensor leaf has a _StridedShard placement."""
-    return any(
-        isinstance(leaf, DTensorSpec) and any(p.kind == "strided_shard" for p in leaf.placements)
-        for leaf in _leaves(case)
-    )
+def empty_sharded_tensor(spec: Spec) -> bool:
+    """A ShardedTensor with no elements."""
+    return isinstance(spec, ShardedTensorSpec) and spec.tensor.numel == 0
 
 
-def zero_dim_tensor(case: Case) -> bool:
-    """Some tensor leaf (plain, DTensor or ShardedTensor) is 0-d."""
-    return any(
-        (isinstance(leaf, TensorSpec) and leaf.ndim == 0)
-        or (isinstance(leaf, (DTensorSpec, ShardedTensorSpec)) and leaf.tensor.ndim == 0)
-        for leaf in _leaves(case)
-    )
+#: Dtypes gloo collectives reject with "Invalid scalar type" (strategies.tensors.ALL_DTYPES
+#: minus GLOO_DTYPES).
+GLOO_UNSUPPORTED_DTYPES = ("int16", "uint16", "uint32", "uint64")
 
 
-def cpu_offload_with_missing_local_key(case: Case) -> bool:
-    """broadcast_state_dict(cpu_offload=True) where a full tensor's key is absent locally or
-    its local entry is None."""
+def _gloo_cannot_carry(spec: Spec) -> bool:
+    if isinstance(spec, TensorSpec):
+        return spec.dtype in GLOO_UNSUPPORTED_DTYPES
+    return isinstance(spec, (DTensorSpec, ShardedTensorSpec)) and spec.tensor.dtype in GLOO_UNSUPPORTED_DTYPES
+
+
+def gloo_unsupported_dtype(case: Case, diff: Difference) -> bool:
+    """Leaf scope, gloo cases only: a tensor (plain, DTensor or ShardedTensor) of a dtype gloo
+    collectives cannot carry: int16, uint16, uint32 or uint64."""
+    return case.backend == "gloo" and leaf_scope(_gloo_cannot_carry)(case, diff)
+
+
+# --------------------------------------------------------------------------- case scopes
+
+
+def cpu_offload_with_missing_local_key(case: Case, diff: Difference) -> bool:
+    """Case scope: broadcast_state_dict(cpu_offload=True) where a full tensor's key is absent
+    locally or its local entry is None."""
     if not case.kwarg("cpu_offload") or not isinstance(case.other, DictSpec):
         return False
     if not isinstance(case.state_dict, DictSpec):
@@ -78,84 +190,15 @@ def cpu_offload_with_missing_local_key(case: Case) -> bool:
     )
 
 
-def tuple_vs_list(case: Case) -> bool:
-    """The two state dicts hold a list where the other holds a tuple (same items)."""
-
-    def categories(spec: Spec, path: tuple = ()) -> dict:
-        out = {}
-        if isinstance(spec, SeqSpec):
-            out[path] = "list" if spec.kind == "list" else "tuple"
-            for i, c in enumerate(spec.items):
-                out |= categories(c, (*path, i))
-        elif isinstance(spec, DictSpec):
-            for k, c in spec.items:
-                out |= categories(c, (*path, k))
-        return out
-
-    if case.other is None:
-        return False
-    mine, theirs = categories(case.state_dict), categories(case.other)
-    return any(p in theirs and theirs[p] != c for p, c in mine.items())
-
-
-SCOPES: dict[str, Callable[[Case], bool]] = {
-    f.__name__: f
-    for f in (
-        sharded_tensor_not_dim0_in_rank_order,
-        partial_dtensor,
-        strided_shard_dtensor,
-        zero_dim_tensor,
-        cpu_offload_with_missing_local_key,
-        tuple_vs_list,
-    )
-}
-
-
-def pg_without_global_rank0(case: Case) -> bool:
-    """The call's ``pg`` is a subgroup that leaves out global rank 0 (``pg="tail"``)."""
+def pg_without_global_rank0(case: Case, diff: Difference) -> bool:
+    """Case scope: the call's ``pg`` is a subgroup that leaves out global rank 0 (``pg="tail"``)."""
     return case.kwarg("pg") == "tail"
 
 
-SCOPES[pg_without_global_rank0.__name__] = pg_without_global_rank0
-
-
-def non_contiguous_full_tensor(case: Case) -> bool:
-    """The full state dict (first argument) holds a plain tensor in a non-contiguous layout."""
-    return any(
-        isinstance(leaf, TensorSpec) and leaf.layout in ("transposed", "strided") and leaf.numel > 0
-        for _, leaf in iter_leaves(case.state_dict)
-    )
-
-
-SCOPES[non_contiguous_full_tensor.__name__] = non_contiguous_full_tensor
-
-
-#: Dtypes gloo collectives reject with "Invalid scalar type" (strategies.tensors.ALL_DTYPES
-#: minus GLOO_DTYPES).
-GLOO_UNSUPPORTED_DTYPES = ("int16", "uint16", "uint32", "uint64")
-
-
-def gloo_unsupported_dtype(case: Case) -> bool:
-    """A gloo case in which some tensor leaf (plain, DTensor or ShardedTensor, in either state
-    dict) has a dtype gloo collectives cannot carry: int16, uint16, uint32 or uint64."""
-    return case.backend == "gloo" and any(
-        (isinstance(leaf, TensorSpec) and leaf.dtype in GLOO_UNSUPPORTED_DTYPES)
-        or (
-            isinstance(leaf, (DTensorSpec, ShardedTensorSpec))
-            and leaf.tensor.dtype in GLOO_UNSUPPORTED_DTYPES
-        )
-        for leaf in _leaves(case)
-    )
-
-
-SCOPES[gloo_unsupported_dtype.__name__] = gloo_unsupported_dtype
-
-
-def copy_must_raise(case: Case) -> bool:
-    """A case with a second state dict for which the CONTRACT's copy_state_dict must raise
-    before writing anything: the source holds an unsupported leaf and ``type_check`` is on
-    (rule 4), or the two trees do not pair under the pair rule (step 2, local shapes
-    included) on some rank."""
+def copy_must_raise(case: Case, diff: Difference) -> bool:
+    """Case scope: copy_state_dict must raise before writing anything: the source holds an
+    unsupported leaf and ``type_check`` is on (rule 4), or the two trees do not pair under the
+    pair rule (step 2, local shapes included) on some rank."""
     from conformance.oracle.expect import first_unsupported, pair_mismatch
 
     if case.other is None:
@@ -168,37 +211,201 @@ def copy_must_raise(case: Case) -> bool:
     )
 
 
-SCOPES[copy_must_raise.__name__] = copy_must_raise
-
-
-def dtensor_gathered_without_communication(case: Case) -> bool:
-    """Some DTensor leaf needs no collective to become its full tensor: every placement is
-    Replicate, or every non-Replicate placement lies on a mesh dim of size 1."""
-    return any(
-        isinstance(leaf, DTensorSpec)
-        and all(
-            p.kind == "replicate" or n == 1 for n, p in zip(leaf.mesh_shape, leaf.placements, strict=True)
-        )
-        for leaf in _leaves(case)
-    )
-
-
-SCOPES[dtensor_gathered_without_communication.__name__] = dtensor_gathered_without_communication
-
-
-def pin_memory_requested(case: Case) -> bool:
-    """create_cpu_state_dict(pin_memory=True)."""
+def pin_memory_requested(case: Case, diff: Difference) -> bool:
+    """Case scope: create_cpu_state_dict(pin_memory=True)."""
     return bool(case.kwarg("pin_memory"))
 
 
-SCOPES[pin_memory_requested.__name__] = pin_memory_requested
-
-
-def pin_memory_with_partial_dtensor(case: Case) -> bool:
-    """create_cpu_state_dict(pin_memory=True) of a tree holding a DTensor with a Partial
-    placement (ranks that fail to pin at different leaves then meet torch's collective
+def pin_memory_with_partial_dtensor(case: Case, diff: Difference) -> bool:
+    """Case scope: create_cpu_state_dict(pin_memory=True) of a tree holding a DTensor with a
+    Partial placement (ranks that fail to pin at different leaves then meet torch's collective
     ``deepcopy`` of that DTensor out of step)."""
-    return bool(case.kwarg("pin_memory")) and partial_dtensor(case)
+    return bool(case.kwarg("pin_memory")) and any(partial_dtensor(leaf) for leaf in _all_leaves(case))
 
 
-SCOPES[pin_memory_with_partial_dtensor.__name__] = pin_memory_with_partial_dtensor
+def distributed_zero_dim_or_without_local_shard(case: Case, diff: Difference) -> bool:
+    """Leaf scope: a 0-d DTensor, or a ShardedTensor holding no elements on the difference's
+    rank."""
+    from strategies.spec import chunk_bounds
+
+    def selected(spec: Spec) -> bool:
+        if isinstance(spec, DTensorSpec):
+            return spec.tensor.ndim == 0
+        if isinstance(spec, ShardedTensorSpec):
+            bounds = chunk_bounds(spec.tensor.shape[spec.dim], len(spec.rank_order))
+            mine = [
+                length
+                for (_, length), owner in zip(bounds, spec.rank_order, strict=True)
+                if owner == diff.rank
+            ]
+            return not any(mine) or spec.tensor.numel == 0
+        return False
+
+    return any(selected(spec) for spec in leaf_specs(case, diff))
+
+
+def similarity_mismatch_torch_ignores(case: Case, diff: Difference) -> bool:
+    """Case scope (check_state_dict_similarity): the first place where the two trees do not
+    pair (CONTRACT pair rule) is one torch does not look at: a non-tensor leaf of the first
+    state dict against anything, two DTensors or two ShardedTensors of different global shape
+    or dtype, a list against a tuple, or a container against a non-tensor leaf."""
+    from conformance.oracle.expect import category, pair_mismatch
+
+    if case.other is None:
+        return False
+    path = pair_mismatch(case.state_dict, case.other, diff.rank, case.world_size, local=False)
+    if path is None:
+        return False
+    mine, theirs = spec_at(case.state_dict, path), spec_at(case.other, path)
+    if _kind(mine) == "value":
+        return True  # torch keeps a non-tensor leaf as it is, whatever it is compared with
+    kinds = {type(mine), type(theirs)}
+    if kinds in ({DTensorSpec}, {ShardedTensorSpec}):
+        return True
+    if {category(mine), category(theirs)} == {"list", "tuple"}:
+        return True
+    containers = [x for x in (mine, theirs) if category(x)]
+    leaves = [x for x in (mine, theirs) if not category(x)]
+    return len(containers) == 1 and _kind(leaves[0]) in ("value", "absent")
+
+
+def pin_memory_with_partial_op(*ops: str) -> Scope:
+    """Case scope factory: pin_memory=True and a Partial DTensor with one of ``ops``."""
+
+    def scope(case: Case, diff: Difference) -> bool:
+        return bool(case.kwarg("pin_memory")) and any(
+            isinstance(leaf, DTensorSpec)
+            and any(p.kind == "partial" and p.param("reduce_op") in ops for p in leaf.placements)
+            for leaf in _all_leaves(case)
+        )
+
+    scope.__doc__ = (
+        f"Case scope: create_cpu_state_dict(pin_memory=True) of a tree holding a Partial DTensor "
+        f"whose reduce op is one of {', '.join(ops)}."
+    )
+    return scope
+
+
+def _source_value(case: Case, diff: Difference) -> Any:
+    """What the call's other argument holds at the difference's path on its rank: the state
+    dict's local value (for a copy destination or a compared dict), or the full tensor (for
+    a loaded local state dict); None when there is no tensor there."""
+    from conformance.oracle.expect import loaded_piece
+    from conformance.oracle.inputs import RankInputs
+    from conformance.runner import FULL_ROOT, ROOT, global_specs
+
+    if diff.root in ("copy_state_dict", "compared_state_dict"):
+        inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, ROOT)
+    elif diff.root == "local_state_dict" and case.utility == "distribute_tensors":
+        inputs = RankInputs(
+            global_specs(case.state_dict), case.seed + 1, diff.rank, case.world_size, FULL_ROOT
+        )
+    elif diff.root == "local_state_dict":
+        inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, FULL_ROOT)
+    else:
+        return None
+    leaf = spec_at(inputs.spec, diff.path)
+    if not isinstance(leaf, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
+        return None
+    if diff.root != "local_state_dict":
+        return inputs.local(leaf, diff.path)
+    full = inputs.global_value(leaf, diff.path)
+    local = leaf_specs(case, diff)[0]
+    if not isinstance(local, DTensorSpec):
+        return full
+    return loaded_piece(full, _as_torch_slices(local), diff.rank)
+
+
+def _as_torch_slices(leaf: DTensorSpec) -> DTensorSpec:
+    """``leaf`` with the placements torch's loading slices as if they were others: a Partial
+    as Replicate (every rank gets the full value), a _StridedShard as a plain Shard of its
+    dim (a contiguous block)."""
+    from strategies.spec import PlacementSpec
+
+    def sliced(p: PlacementSpec) -> PlacementSpec:
+        if p.kind == "partial":
+            return PlacementSpec("replicate")
+        if p.kind == "strided_shard":
+            return PlacementSpec("shard", (("dim", p.param("dim")),))
+        return p
+
+    return DTensorSpec(leaf.tensor, leaf.mesh_shape, tuple(sliced(p) for p in leaf.placements))
+
+
+def holds_source_values(case: Case, diff: Difference) -> bool:
+    """A ``data`` difference whose observed local data is exactly the other argument's value
+    at the same path (cast to the observed dtype, broadcast to its shape): a copy destination
+    or compared dict written with the state dict's values; for a loaded DTensor, the piece of
+    the full tensor torch slices (a Partial dim as if Replicate, a _StridedShard as if Shard)."""
+    import torch
+
+    observed = diff.observed_data
+    if diff.field != "data" or observed is None:
+        return False
+    source = _source_value(case, diff)
+    if not isinstance(source, torch.Tensor):
+        return False
+    try:
+        wanted = source.to(observed.dtype).expand(observed.shape)
+    except RuntimeError:
+        return False
+    if observed.is_floating_point() or observed.is_complex():
+        return bool(
+            torch.equal(observed, wanted) or torch.allclose(observed, wanted, equal_nan=True, rtol=0, atol=0)
+        )
+    return bool(torch.equal(observed, wanted))
+
+
+def rank_outside_ranks_only(case: Case, diff: Difference) -> bool:
+    """Case scope: the difference is on a rank that ``ranks_only`` leaves out."""
+    ranks_only = case.kwarg("ranks_only", ())
+    return bool(ranks_only) and diff.rank not in ranks_only
+
+
+def keys_only_added(case: Case, diff: Difference) -> bool:
+    """A ``keys`` difference where the observed keys are the expected ones, in order, plus
+    keys of the full state dict that the local one lacked (nothing removed or reordered)."""
+    if diff.field != "keys" or not isinstance(diff.observed, list):
+        return False
+    expected = list(diff.expected)
+    kept = [k for k in diff.observed if k in expected]
+    full = spec_at(case.state_dict, diff.path)
+    full_keys = {k for k, _ in full.items} if isinstance(full, DictSpec) else set()
+    added = [k for k in diff.observed if k not in expected]
+    return kept == expected and bool(added) and all(k in full_keys for k in added)
+
+
+SCOPES: dict[str, Scope] = {
+    **{
+        f.__name__: leaf_scope(f)
+        for f in (
+            sharded_tensor_not_dim0_in_rank_order,
+            partial_dtensor,
+            strided_shard_dtensor,
+            zero_dim_tensor,
+            non_contiguous_tensor,
+            dtensor_gathered_without_communication,
+            empty_sharded_tensor,
+        )
+    },
+    **{
+        f.__name__: f
+        for f in (
+            gloo_unsupported_dtype,
+            cpu_offload_with_missing_local_key,
+            pg_without_global_rank0,
+            copy_must_raise,
+            pin_memory_requested,
+            pin_memory_with_partial_dtensor,
+            rank_outside_ranks_only,
+            keys_only_added,
+            distributed_zero_dim_or_without_local_shard,
+            similarity_mismatch_torch_ignores,
+            holds_source_values,
+        )
+    },
+    # torch 2.14 no longer redistributes sum / avg / min / max Partials in deepcopy
+    "pin_memory_with_partial_product_or_bitwise": pin_memory_with_partial_op(
+        "product", "band", "bor", "bxor"
+    ),
+}

@@ -11,7 +11,9 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -23,6 +25,7 @@ from datetime import timedelta
 from multiprocessing import connection, get_context
 from typing import Any, Protocol
 
+from conformance.faults import collect_stacks, report_faults_to, stderr_tail
 from conformance.progress import ProgressWatch, cpu_seconds
 
 DEFAULT_JOB_TIMEOUT = 30.0
@@ -179,9 +182,11 @@ def _rank_main(
     generation: int,
     conn: connection.Connection,
     parent_pid: int,
+    logdir: str,
 ) -> None:
     # Ctrl-C belongs to the driver: it tears the world down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    report_faults_to(logdir, generation, rank)
     threading.Thread(target=_exit_when_parent_dies, args=(parent_pid,), daemon=True).start()
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -259,6 +264,13 @@ def _close_all_worlds() -> None:
         world.close()
 
 
+def kill_all_worlds() -> None:
+    """Kill every rank of every world of this process at once (a second Ctrl-C)."""
+    for world in list(_live_worlds):
+        world._kill()
+        world._remove_logs()
+
+
 class World:
     """N spawned ranks sharing one process group, reused across jobs.
 
@@ -297,6 +309,7 @@ class World:
         self._conns: list[connection.Connection] = []
         self._store: Any = None
         self._needs_health_check = False
+        self._logdir = tempfile.mkdtemp(prefix="sdc-world-")  # ranks' stacks and stderr
         _live_worlds.add(self)
 
     # -- lifecycle
@@ -328,6 +341,7 @@ class World:
                     self._generation,
                     child_conn,
                     os.getpid(),
+                    self._logdir,
                 ),
                 name=f"conformance-rank{rank}",
                 daemon=True,
@@ -358,7 +372,11 @@ class World:
             except (OSError, ValueError):
                 pass
         self._kill()
+        self._remove_logs()
         _live_worlds.discard(self)
+
+    def _remove_logs(self) -> None:
+        shutil.rmtree(self._logdir, ignore_errors=True)
 
     def restart(self) -> None:
         self._kill()
@@ -472,17 +490,24 @@ class World:
                     dead = self._dead_ranks()
                     raise JobFailed(
                         "crash",
-                        {r: RankFailure("RankDied", self._describe_exit(r)) for r in dead} | errors,
+                        {
+                            r: RankFailure("RankDied", self._describe_exit(r), self._stderr_tail(r))
+                            for r in dead
+                        }
+                        | errors,
                         "world restarts before the next job",
                     )
         returned_early = sorted(errors) + [r for r, v in results.items() if _may_desync(v)]
         if waiting and returned_early:
             blocked = sorted(waiting.values())
+            stacks = self._stacks(blocked)
             self._kill()
             early = ", ".join(map(str, returned_early))
             for rank in blocked:
                 errors[rank] = RankFailure(
-                    "Blocked", f"still blocked in a collective after rank(s) {early} returned"
+                    "Blocked",
+                    f"still blocked in a collective after rank(s) {early} returned",
+                    stacks.get(rank, ""),
                 )
             detail = f"rank(s) {', '.join(map(str, blocked))} were still blocked and the world was restarted"
             raise JobFailed("error", errors, detail, results=results)
@@ -490,13 +515,26 @@ class World:
             raise JobFailed("error", errors, results=results)
         if waiting:
             hung = sorted(waiting.values())
+            stacks = self._stacks(hung)
             what = "start" if during_start else "job"
             raise JobFailed(
                 "hang",
-                {r: RankFailure("Timeout", f"no answer within {timeout:g}s") for r in hung},
+                {
+                    r: RankFailure("Timeout", f"no answer within {timeout:g}s", stacks.get(r, ""))
+                    for r in hung
+                },
                 f"{what} timed out; world restarts before the next job",
             )
         return [results[r] for r in range(self.size)]
+
+    def _stacks(self, ranks: list[int]) -> dict[int, str]:
+        """Where each of ``ranks`` is stuck: its threads' Python stacks (see conformance.faults)."""
+        pids = {r: self._procs[r].pid for r in ranks if self._procs[r].is_alive()}
+        return collect_stacks(pids, self._logdir, self._generation)
+
+    def _stderr_tail(self, rank: int) -> str:
+        tail = stderr_tail(self._logdir, self._generation, rank)
+        return f"last lines on stderr:\n{tail}" if tail else ""
 
     def _dead_ranks(self) -> list[int]:
         time.sleep(0.05)  # let simultaneous deaths all register

@@ -16,8 +16,8 @@ from strategies.spec import DictSpec, DTensorSpec, PlacementSpec, SeqSpec, Tenso
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def cli(*args: str, timeout: float = 300, path: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (path, str(ROOT)) if p)}
     return subprocess.run(
         [sys.executable, "-m", "conformance", *args],
         capture_output=True,
@@ -91,6 +91,8 @@ def test_run_reports_a_planted_bug_with_replay_and_json(tmp_path):
     assert set(report) == {
         "target",
         "torch_version",
+        "target_file",
+        "divergence_file",
         "world_sizes",
         "backend",
         "profile",

@@ -11,10 +11,16 @@ from hypothesis import strategies as st
 
 from conformance.case import Case, CaseError, load_case
 from conformance.case_strategies import CASES
-from conformance.compare import compare_outcomes, tensor_mismatch
-from conformance.divergences import Divergence, DivergenceFileError, Divergences, load_divergences
+from conformance.compare import Difference, compare_outcomes, tensor_mismatch
+from conformance.divergences import (
+    Divergence,
+    DivergenceFileError,
+    Divergences,
+    divergence_entry,
+    load_divergences,
+)
 from conformance.observation import ANY, Container, Outcome, RaisedObs, TensorObs, Tolerance, ValueObs
-from strategies.spec import DictSpec, TensorSpec, ValueSpec
+from strategies.spec import DictSpec, TensorSpec
 
 ALL_CASES = st.one_of([strategy((2, 4)) for strategy in CASES.values()])
 
@@ -63,6 +69,10 @@ def _tensor(data, **facts):
     )
 
 
+def _lines(diffs) -> list[str]:
+    return [d.render() for d in diffs]
+
+
 def test_difference_lines_name_rank_path_and_field():
     expected = Outcome(Container("dict", ("a",), (Container("list", (0,), (_tensor(torch.zeros(2)),)),)))
     observed = Outcome(
@@ -71,8 +81,19 @@ def test_difference_lines_name_rank_path_and_field():
         )
     )
     diffs = compare_outcomes(expected, observed, rank=1)
-    assert "rank 1, state_dict['a']: container is tuple, expected list" in diffs
-    assert "rank 1, state_dict['a'][0]: dtype is torch.float64, expected torch.float32" in diffs
+    assert "rank 1, state_dict['a']: container is tuple, expected list" in _lines(diffs)
+    assert "rank 1, state_dict['a'][0]: dtype is torch.float64, expected torch.float32" in _lines(diffs)
+    dtype = next(d for d in diffs if d.field == "dtype")
+    assert (dtype.rank, dtype.root, dtype.path) == (1, "state_dict", ("a", 0))
+    assert (dtype.observed, dtype.expected) == ("float64", "float32")
+
+
+def test_children_of_a_container_whose_keys_differ_are_still_compared():
+    expected = Outcome(Container("dict", ("a", "b"), (ValueObs("int", 1), ValueObs("int", 2))))
+    observed = Outcome(Container("dict", ("b", "c"), (ValueObs("int", 3), ValueObs("int", 4))))
+    diffs = compare_outcomes(expected, observed, 0)
+    assert [d.field for d in diffs] == ["keys", "value"]
+    assert diffs[1].path == ("b",) and diffs[1].observed == "int 3"
 
 
 def test_any_leaves_facts_open_and_raised_messages_are_substrings():
@@ -88,49 +109,70 @@ def test_any_leaves_facts_open_and_raised_messages_are_substrings():
         == []
     )
     diffs = compare_outcomes(Outcome(RaisedObs("ValueError", "['a']")), Outcome(ValueObs("int", 1)), 0)
-    assert diffs == ["rank 0, state_dict: returned int 1, expected to raise ValueError(\"['a']\")"]
+    assert _lines(diffs) == ["rank 0, state_dict: returned int 1, expected to raise ValueError(\"['a']\")"]
+    assert (diffs[0].field, diffs[0].observed, diffs[0].expected) == ("raised", "nothing", "ValueError")
 
 
-def _case() -> Case:
-    return Case(
-        "gather_state_dict", 2, 0, DictSpec((("a", TensorSpec((2,), "float32")), ("b", ValueSpec(1))))
-    )
+def _case(utility: str = "gather_state_dict") -> Case:
+    return Case(utility, 2, 0, DictSpec((("a", TensorSpec((2,), "float32")), ("b", TensorSpec((), "int64")))))
 
 
-def test_a_divergence_excuses_only_the_lines_it_matches():
-    import re
+def _entry(**raw) -> Divergence:
+    base = {"id": "e", "utility": "gather_state_dict", "reason": "why", "replay": "sdc1:"}
+    return divergence_entry({**base, **raw}, "test")
 
-    entry = Divergence(
-        "kinds",
-        ("gather_state_dict",),
-        "why",
-        re.compile(r"container is dict, expected OrderedDict"),
-        "sdc1:",
+
+def test_a_divergence_excuses_only_its_field_and_values():
+    entry = _entry(field="container", observed="dict", expected="OrderedDict")
+    divergences = Divergences((entry,))
+    kinds = Difference(0, "state_dict", (), "container", "dict", "OrderedDict")
+    as_list = Difference(0, "state_dict", (), "container", "list", "OrderedDict")
+    data = Difference(0, "state_dict", ("a",), "data", "differs", "equal", "data differs")
+    left, excused = divergences.excuse(_case(), [kinds, as_list, data])
+    assert left == [as_list, data]
+    assert excused == [("e", kinds)]
+    assert divergences.excuse(_case("offload_state_dict_to_cpu"), [kinds])[0] == [kinds]
+
+
+def test_a_leaf_scope_is_judged_on_the_differences_own_leaf():
+    entry = _entry(field="shared", observed="False", expected="True", scope="zero_dim_tensor")
+    zero_dim = Difference(0, "state_dict", ("b",), "shared", False, True)
+    other_leaf = Difference(0, "state_dict", ("a",), "shared", False, True)
+    assert entry.applies(_case(), zero_dim)
+    assert not entry.applies(_case(), other_leaf)  # the case has a 0-d leaf, but this one is not
+
+
+def test_stops_midway_excuses_only_the_consequences_of_its_raise():
+    entry = _entry(
+        field="raised",
+        observed="ZeroDivisionError: .*",
+        expected="nothing",
+        scope="zero_dim_tensor",
+        stops_midway=True,
     )
     divergences = Divergences((entry,))
-    lines = [
-        "rank 0, state_dict: container is dict, expected OrderedDict",
-        "rank 0, state_dict['a']: data differs",
-    ]
-    left, used = divergences.excuse(_case(), lines)
-    assert left == ["rank 0, state_dict['a']: data differs"]
-    assert used == {"kinds": 1}
-    other_utility = Case("offload_state_dict_to_cpu", 2, 0, _case().state_dict)
-    assert divergences.excuse(other_utility, lines[:1])[0] == lines[:1]
+    raised = Difference(0, "state_dict", (), "raised", "ZeroDivisionError: x", "nothing")
+    half_written = Difference(0, "state_dict", ("a",), "data", "differs", "equal", mutated=True)
+    blocked = Difference(1, "state_dict", (), "raised", "Blocked: still blocked", "nothing")
+    returned = Difference(1, "state_dict", ("a",), "data", "differs", "equal")
+    left, excused = divergences.excuse(_case(), [raised, half_written, blocked, returned])
+    assert left == [returned]
+    assert {d for _, d in excused} == {raised, half_written, blocked}
 
 
-def test_a_scoped_divergence_applies_only_to_cases_in_scope():
-    import re
-
-    entry = Divergence(
-        "st",
-        ("gather_state_dict",),
-        "why",
-        re.compile("data differs"),
-        "sdc1:",
-        scope="sharded_tensor_not_dim0_in_rank_order",
-    )
-    assert not entry.applies(_case(), "rank 0, state_dict['a']: data differs")
+def test_the_loader_refuses_entries_that_excuse_a_whole_field(tmp_path):
+    path = tmp_path / "loose.toml"
+    head = '[[divergence]]\nid = "x"\nutility = "gather_state_dict"\nreason = "r"\nreplay = "sdc1:"\n'
+    for loose in (
+        'field = "data"\n',
+        'field = "data"\nobserved = ".*"\n',
+        'field = "raised"\nobserved = "(?s).*"\nexpected = "x|.*"\n',
+    ):
+        path.write_text(head + loose)
+        with pytest.raises(DivergenceFileError, match="would excuse every"):
+            load_divergences(str(path))
+    path.write_text(head + 'field = "data"\nscope = "zero_dim_tensor"\n')
+    assert load_divergences(str(path)).entries[0].scopes == ("zero_dim_tensor",)
 
 
 def test_divergence_files_are_validated(tmp_path):
@@ -138,16 +180,38 @@ def test_divergence_files_are_validated(tmp_path):
     with pytest.raises(DivergenceFileError, match="cannot read known-divergence file"):
         load_divergences(str(tmp_path / "nope.toml"))
     bad = tmp_path / "bad.toml"
-    bad.write_text(
-        '[[divergence]]\nid = "x"\nutility = "gather_state_dict"\nreason = "r"\nmatch = "("\nreplay = "sdc1:"\n'
+    head = '[[divergence]]\nid = "x"\nreason = "r"\nreplay = "sdc1:"\n'
+    cases = [
+        (head + 'utility = "gather_state_dict"\nfield = "data"\nobserved = "("\n', "bad observed pattern"),
+        ('[[divergence]]\nid = "x"\n', "lacks the key"),
+        (head + 'utility = "u"\nfield = "data"\nobserved = "x"\n', "unknown utility 'u'"),
+        (head + 'utility = "gather_state_dict"\nfield = "colour"\nobserved = "x"\n', "unknown field"),
+        (head + 'utility = "gather_state_dict"\nfield = "data"\nscope = "nope"\n', "unknown scope 'nope'"),
+        (
+            head + 'utility = "gather_state_dict"\nfield = "data"\nobserved = "x"\nmacth = "y"\n',
+            "unknown key 'macth'",
+        ),
+        ('[[divergenc]]\nid = "x"\n', "unknown table or key 'divergenc'"),
+        ('absent = ["gather"]\n', "absent names unknown utility 'gather'"),
+        (
+            head + 'utility = "gather_state_dict"\nfield = "data"\nobserved = "x"\ntorch = "2.13"\n',
+            "version range",
+        ),
+    ]
+    for text, message in cases:
+        bad.write_text(text)
+        with pytest.raises(DivergenceFileError, match=message):
+            load_divergences(str(bad))
+
+
+def test_entries_outside_the_installed_torch_are_inactive(tmp_path):
+    from packaging.version import Version
+
+    path = tmp_path / "v.toml"
+    path.write_text(
+        '[[divergence]]\nid = "old"\nutility = "gather_state_dict"\nreason = "r"\nreplay = "sdc1:"\n'
+        'field = "data"\nobserved = "x"\ntorch = ">=2.13,<2.14"\n'
     )
-    with pytest.raises(DivergenceFileError, match="bad match regex"):
-        load_divergences(str(bad))
-    bad.write_text('[[divergence]]\nid = "x"\n')
-    with pytest.raises(DivergenceFileError, match="lacks the field"):
-        load_divergences(str(bad))
-    bad.write_text(
-        '[[divergence]]\nid = "x"\nutility = "u"\nreason = "r"\nmatch = "m"\nreplay = "sdc1:"\nscope = "nope"\n'
-    )
-    with pytest.raises(DivergenceFileError, match="unknown scope"):
-        load_divergences(str(bad))
+    assert [e.id for e in load_divergences(str(path), Version("2.13.0")).entries] == ["old"]
+    later = load_divergences(str(path), Version("2.14.1"))
+    assert later.entries == () and [e.id for e in later.inactive] == ["old"]

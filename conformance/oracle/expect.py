@@ -298,7 +298,7 @@ def _similarity(case: Case, rank: int) -> Outcome:
 # ------------------------------------------------------------------------------ loading full state
 
 
-def _shard_of(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tensor:
+def loaded_piece(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tensor:
     """The piece of ``full`` a rank's DTensor holds after loading (CONTRACT, *DTensor pieces*):
     sharding dims as the placement models split; a Partial dim reduces back to ``full``
     exactly (sum: coordinate 0 holds it, the others zeros; product: ones; else all hold it)."""
@@ -337,7 +337,7 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
         else:
             data = full.global_value(source, path)
             if isinstance(spec, DTensorSpec):
-                after.append((key, tensor_obs(spec, _shard_of(data, spec, rank), aliases=ANY)))
+                after.append((key, tensor_obs(spec, loaded_piece(data, spec, rank), aliases=ANY)))
             else:
                 after.append((key, tensor_obs(source, data, aliases=None)))
     keys = tuple(k for k, _ in after)
@@ -390,7 +390,7 @@ def _distribute_tensors(case: Case, rank: int) -> Outcome:
         dtensor = cast(DTensorSpec, spec)  # distribute_tensors_cases: every leaf is a DTensor
         full = fulls.global_value(dtensor.tensor, path)
         return tensor_obs(
-            dtensor, _shard_of(full, dtensor, rank), aliases=None if meta else local.owner(dtensor, path)
+            dtensor, loaded_piece(full, dtensor, rank), aliases=None if meta else local.owner(dtensor, path)
         )
 
     return Outcome(NONE, {"local_state_dict": map_spec(case.state_dict, leaf)})

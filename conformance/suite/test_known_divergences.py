@@ -1,14 +1,22 @@
-"""Every known divergence of the target must still reproduce from its replay case.
+"""Every known divergence of the target must still reproduce from its replay case, exactly.
 
-An entry that reproduces is reported as xfailed (its reason shown); one that no longer
-reproduces passes unexpectedly (XPASS): the target was fixed and the entry can go.
+- reproduces (its symptom shows, nothing else unexcused): xfailed, with its reason;
+- no longer reproduces (the replay now conforms fully): XPASS, a failure under ``--sdc-strict``;
+- changed (the replay diverges in a way no entry excuses): a failure showing the new
+  differences and the replay command;
+- a replay that cannot run (a damaged blob, a utility the entry does not name): a failure.
 """
 
 import pytest
 
-from conformance.case import Case
+from conformance.case import Case, replay_command
 from conformance.divergences import load_divergences
 from conformance.harness import active_config
+from conformance.properties import require_utilities
+
+
+class KnownDivergenceReproduces(AssertionError):
+    """The one outcome the xfail marker accepts: the entry's own symptom, and nothing else."""
 
 
 def pytest_generate_tests(metafunc):
@@ -18,10 +26,27 @@ def pytest_generate_tests(metafunc):
 
 
 def test_known_divergence_reproduces(harness, divergence, request):
-    request.applymarker(pytest.mark.xfail(reason=f"{divergence.id}: {divergence.reason}", strict=False))
+    request.applymarker(
+        pytest.mark.xfail(
+            reason=f"{divergence.id}: {divergence.reason}",
+            raises=KnownDivergenceReproduces,
+            strict=active_config().strict,
+        )
+    )
     case = Case.from_blob(divergence.replay)
-    if reason := harness.supports(*divergence.utilities):
-        pytest.skip(reason)
-    report = harness.check(case, excuse=False)
-    matched = [line for line in report.diffs if divergence.applies(case, line)]
-    assert not matched, f"{divergence.id} reproduces: {matched[0]}"
+    if case.utility not in divergence.utilities:
+        pytest.fail(
+            f"{divergence.id}: its replay calls {case.utility}, which the entry does not name", pytrace=False
+        )
+    require_utilities(harness, case.utility)
+    report = harness.check(case, count=False)
+    mine = [diff for entry_id, diff in report.excused if entry_id == divergence.id]
+    if report.diffs:
+        lines = "\n".join(f"  {d.render()}" for d in report.diffs[:10])
+        pytest.fail(
+            f"{divergence.id} changed: its replay diverges in a way no entry excuses:\n{lines}\n"
+            f"replay: {replay_command(case, harness.config.target)}",
+            pytrace=False,
+        )
+    if mine:
+        raise KnownDivergenceReproduces(f"{divergence.id} reproduces: {mine[0].render()}")

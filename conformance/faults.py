@@ -1,0 +1,105 @@
+"""Where a rank is stuck, and what a dead rank last said.
+
+Rank side: :func:`report_faults_to` makes a rank dump every thread's Python stack into its
+stack file on SIGUSR1 (``faulthandler``, which works while the main thread is blocked in a
+collective or in ``time.sleep``), and sends its stderr to its log file (set
+``SDC_RANK_STDERR=inherit`` to keep it on the console), where a fatal signal's traceback
+lands too. Driver side: :func:`collect_stacks` signals the ranks and reads what they wrote,
+trimmed to the frames that matter (the target, torch); :func:`stderr_tail` reads the last
+lines a rank wrote.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+STACK_SIGNAL = signal.SIGUSR1
+TAIL_LINES = 15
+_HARNESS_DIR = str(Path(__file__).resolve().parent)
+_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>.+)$')
+_kept_open: list = []  # the files faulthandler writes to must stay open
+
+
+def stack_path(logdir: str, generation: int, rank: int) -> Path:
+    return Path(logdir) / f"g{generation}-rank{rank}.stack"
+
+
+def stderr_path(logdir: str, generation: int, rank: int) -> Path:
+    return Path(logdir) / f"g{generation}-rank{rank}.err"
+
+
+def report_faults_to(logdir: str, generation: int, rank: int) -> None:
+    """Rank side: stacks on SIGUSR1 to the stack file, stderr (and fatal tracebacks) to the log."""
+    stacks = open(stack_path(logdir, generation, rank), "w")  # noqa: SIM115 - kept open for faulthandler
+    _kept_open.append(stacks)
+    faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True)
+    if os.environ.get("SDC_RANK_STDERR") != "inherit":
+        err = os.open(stderr_path(logdir, generation, rank), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(err, 2)
+        os.close(err)
+    faulthandler.enable(all_threads=True)  # a fatal signal's traceback goes to (the new) stderr
+
+
+def collect_stacks(pids: dict[int, int], logdir: str, generation: int, wait: float = 2.0) -> dict[int, str]:
+    """Driver side: every listed rank's current stacks (rank -> trimmed text), by signalling
+    its process; ranks that do not answer within ``wait`` seconds are left out."""
+    paths = {rank: stack_path(logdir, generation, rank) for rank in pids}
+    before = {rank: _size(path) for rank, path in paths.items()}
+    for rank, pid in pids.items():
+        try:
+            os.kill(pid, STACK_SIGNAL)
+        except OSError:
+            before.pop(rank)
+    found: dict[int, str] = {}
+    deadline = time.monotonic() + wait
+    while before and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for rank in list(before):
+            size = _size(paths[rank])
+            if size > before[rank]:
+                time.sleep(0.05)  # let the dump finish
+                with open(paths[rank]) as f:
+                    f.seek(before.pop(rank))
+                    found[rank] = trim_stack(f.read())
+    return found
+
+
+def stderr_tail(logdir: str, generation: int, rank: int, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines a rank wrote to stderr ('' when it wrote none)."""
+    try:
+        text = stderr_path(logdir, generation, rank).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def trim_stack(text: str) -> str:
+    """A faulthandler dump with the harness's own frames (and threads that hold only those,
+    such as watchdogs) left out, so that what remains is the target's and torch's."""
+    kept: list[str] = []
+    for block in re.split(r"\n(?=(?:Current thread|Thread) 0x)", text.strip()):
+        header, *frames = block.strip().splitlines()
+        mine = [f for f in frames if not _harness_frame(f)]
+        if mine:
+            kept += [header, *mine]
+    return "\n".join(kept) if kept else text.strip()
+
+
+def _harness_frame(line: str) -> bool:
+    match = _FRAME.match(line)
+    if match is None:
+        return False
+    path = match.group("file")
+    return path.startswith(_HARNESS_DIR) or "/multiprocessing/" in path or path.endswith("/threading.py")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

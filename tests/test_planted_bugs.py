@@ -1,0 +1,422 @@
+"""Known divergences excuse only what they document: a planted bug next to each must be caught.
+
+Each :class:`PlantedBug` patches a copy of the installed torch's ``_state_dict_utils.py`` (a
+text replacement that must apply exactly once) with a bug at the place a known divergence of
+``torch.toml`` is about: the same utility, the same kind of leaf, often the same cases. The
+fork is judged with torch's own known-divergence file. The test requires:
+
+- some drawn case of the utility shows an *unexcused* difference matching the bug's symptom
+  (``shows``), and the same case conforms on torch itself (so the difference is the bug's);
+- the entry's replay case still shows the entry's own symptom, excused, on the fork.
+
+All forks share one world per size (a fork is just another module on ``sys.path``, which
+spawned ranks inherit).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+from conformance.case import Case
+from conformance.case_strategies import CASES
+from conformance.check import check_case
+from conformance.divergences import load_divergences
+from conformance.properties import with_unsupported_leaf
+from conformance.world import World
+
+EXAMPLES = 80  # cases drawn per (utility, keyword arguments), at most; the bug must show among them
+
+
+@dataclass(frozen=True)
+class PlantedBug:
+    name: str
+    entries: tuple[str, ...]  # the known divergences it sits next to
+    utility: str
+    old: str | tuple[str, ...]  # text(s) of torch's module, each replaced exactly once by ``new``
+    new: str | tuple[str, ...]
+    shows: str  # regex an unexcused difference line must match
+    kwargs: tuple[tuple[str, Any], ...] = ()  # keyword arguments forced on the drawn cases
+    unsupported: bool = False  # append an unsupported leaf to every case
+    replay_checked: bool = True  # the entry's replay must still show its own symptom, excused
+
+
+PLANTED: tuple[PlantedBug, ...] = (
+    PlantedBug(
+        "offload-reverses-keys",
+        ("ordereddict-becomes-dict",),
+        "offload_state_dict_to_cpu",
+        "            for key, value in iter_object.items()\n",
+        "            for key, value in reversed(list(iter_object.items()))\n",
+        r"keys are \[",
+    ),
+    PlantedBug(
+        "gather-tuple-becomes-list",
+        ("namedtuple-becomes-tuple",),
+        "gather_state_dict",
+        "        if isinstance(iter_object, tuple):\n            ret = tuple(ret)\n",
+        "        if False:\n            ret = tuple(ret)\n",
+        r"container is list, expected (tuple|namedtuple:\w+)",
+        replay_checked=False,  # the bug turns the entry's tuple into a list
+    ),
+    PlantedBug(
+        "type-check-other-message",
+        ("type-check-message-without-path",),
+        "gather_state_dict",
+        'raise ValueError(f"Unexpected value type {type(iter_object)}")',
+        'raise ValueError("unsupported value")',
+        r"raised ValueError: 'unsupported value', expected a message containing",
+        kwargs=(("type_check", True),),
+        unsupported=True,
+        replay_checked=False,  # the fork changed the very message the entry is about
+    ),
+    PlantedBug(
+        "copy-mismatch-raises-keyerror",
+        ("copy-mismatch-not-validated",),
+        "copy_state_dict",
+        "            raise CompanionMismatch(msg)\n",
+        "            raise KeyError(msg)\n",
+        r"raised KeyError",
+    ),
+    PlantedBug(
+        "copy-skips-dtensor-destinations",
+        ("copy-writes-before-failing",),
+        "copy_state_dict",
+        "                    companion_obj._local_tensor.copy_(\n",
+        "                    companion_obj._local_tensor.clone().copy_(\n",
+        r"copy_state_dict\[.*data differs",
+    ),
+    PlantedBug(
+        "copy-returns-source-tensors",
+        ("copy-dtype-cast-silently",),
+        "copy_state_dict",
+        "                ret = companion_obj\n",
+        "                ret = ret if isinstance(ret, torch.Tensor) and not isinstance(ret, DTensor) else companion_obj\n",
+        r"aliases input is \"?'?state_dict",
+    ),
+    PlantedBug(
+        "sharded-gather-flips",
+        (
+            "sharded-empty-divides-by-zero",
+            "sharded-not-dim0-wrong-data",
+            "sharded-not-dim0-gloo-size-error",
+        ),
+        "all_gather_sharded_tensor",
+        "    tensor = tensor.narrow(0, 0, tensor_numel).reshape(sharded_tensor.size())\n",
+        "    tensor = tensor.narrow(0, 0, tensor_numel).flip(0).reshape(sharded_tensor.size())\n",
+        r"data differs",
+    ),
+    PlantedBug(
+        "distribute-loads-zeros",
+        ("loaded-tensor-aliases-full",),
+        "distribute_state_dict",
+        "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
+        "            else:\n                local_state_dict[key] = torch.zeros_like(value).to(device)\n",
+        r"local_state_dict\[.*data differs",
+    ),
+    PlantedBug(
+        "broadcast-cpu-offload-zeroes",
+        ("broadcast-cpu-offload-missing-key",),
+        "broadcast_state_dict",
+        "            if cpu_offload:\n                for key in keys:\n"
+        "                    local_state_dict[key] = local_state_dict[key].cpu()\n",
+        "            if cpu_offload:\n                for key in keys:\n"
+        "                    local_state_dict[key] = torch.zeros_like(local_state_dict[key].cpu())\n",
+        r"local_state_dict\[.*(data differs|class is)",
+        kwargs=(("cpu_offload", True),),
+    ),
+    PlantedBug(
+        "broadcast-drops-values",
+        ("broadcast-global-rank0-source",),
+        "broadcast_state_dict",
+        "            if key in local_state_dict:\n                local_state_dict[key] = value\n            continue\n",
+        "            continue\n",
+        r"local_state_dict\[.*value is",
+    ),
+    PlantedBug(
+        "distribute-deletes-local-only-keys",
+        ("distribute-adds-absent-keys",),
+        "distribute_state_dict",
+        "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
+        "            else:\n                local_state_dict[key] = value.detach().to(device)\n"
+        "    for key in [k for k in local_state_dict if k not in full_state_dict]:\n"
+        "        del local_state_dict[key]\n",
+        r"keys are \[",
+    ),
+    PlantedBug(
+        "distribute-tensors-flips-partial-and-strided",
+        ("partial-pieces-n-times", "partial-empty-bool-becomes-float", "strided-shard-pieces-wrong"),
+        "distribute_tensors",
+        "            ret.to_local().copy_(full_tensor[tuple(slices)])\n",
+        "            piece = full_tensor[tuple(slices)]\n"
+        "            if piece.dim() and any(type(p).__name__ in ('Partial', '_StridedShard') for p in ret.placements):\n"
+        "                piece = piece.flip(0)\n"
+        "            ret.to_local().copy_(piece)\n",
+        r"data differs",
+    ),
+    PlantedBug(
+        "gather-sharded-flips",
+        ("gather-replicated-dtensor-aliases-local",),
+        "gather_state_dict",
+        (
+            "        placements = [Replicate() for _ in value.placements]\n",
+            "        value = value.to_local()\n        if isinstance(value, AsyncCollectiveTensor):\n",
+        ),
+        (
+            "        placements = [Replicate() for _ in value.placements]\n"
+            "        sharded = any(type(p).__name__ != 'Replicate' for p in value.placements)\n",
+            "        value = value.to_local()\n        value = value.flip(0) if value.dim() and sharded else value\n"
+            "        if isinstance(value, AsyncCollectiveTensor):\n",
+        ),
+        r"data differs",
+    ),
+    PlantedBug(
+        "broadcast-zero-dim-zeroed",
+        ("zero-dim-loaded-as-object",),
+        "broadcast_state_dict",
+        "            elif value.dim() == 0:\n                ret[key] = value.cpu()\n",
+        "            elif value.dim() == 0:\n                ret[key] = torch.zeros_like(value.cpu())\n",
+        r"data differs|value is",
+    ),
+    PlantedBug(
+        "broadcast-full-flipped",
+        ("broadcast-non-contiguous-full-garbled", "broadcast-non-contiguous-overlap-refused"),
+        "broadcast_state_dict",
+        "            full_tensor = full_state.detach().to(pg_device)\n",
+        "            full_tensor = full_state.detach().to(pg_device)\n"
+        "            full_tensor = full_tensor.flip(0).contiguous() if full_tensor.dim() else full_tensor\n",
+        r"data differs",
+    ),
+    PlantedBug(
+        "similarity-ignores-dtype",
+        (
+            "similarity-overwrites-compared",
+            "similarity-copy-fails-on-local-shapes",
+            "similarity-misjudges-structure",
+            "similarity-raises-on-structure",
+        ),
+        "check_state_dict_similarity",
+        "        if companion_obj.dtype != obj.dtype or companion_obj.size() != obj.size():\n",
+        "        if companion_obj.size() != obj.size():\n",
+        r"state_dict: value is bool True, expected bool False",
+    ),
+    PlantedBug(
+        "similarity-always-true",
+        ("similarity-misjudges-structure",),
+        "check_state_dict_similarity",
+        "    try:\n        _iterate_state_dict(\n            state_dict,\n            _identity_func,\n            _identity_func,\n            tensor_func,\n",
+        "    return True\n    try:\n        _iterate_state_dict(\n            state_dict,\n            _identity_func,\n            _identity_func,\n            tensor_func,\n",
+        r"state_dict: value is bool True, expected bool False",
+        replay_checked=False,  # nothing is overwritten any more
+    ),
+    PlantedBug(
+        "create-cpu-not-shared",
+        ("create-cpu-zero-dim-not-shared",),
+        "create_cpu_state_dict",
+        "            t = torch.empty(*tuple(obj.size()), dtype=obj.dtype)\n            t = t.share_memory_()\n",
+        "            t = torch.empty(*tuple(obj.size()), dtype=obj.dtype)\n",
+        r"shared is False, expected True",
+        kwargs=(("share_memory", True), ("pin_memory", False)),
+    ),
+    PlantedBug(
+        "create-cpu-pin-memory-returns-empty",
+        ("create-cpu-pin-memory-without-accelerator",),
+        "create_cpu_state_dict",
+        "    ret = _iterate_state_dict(\n        state_dict,\n        sharded_tensor_func,\n",
+        "    if pin_memory and not torch.cuda.is_available():\n        return {}\n"
+        "    ret = _iterate_state_dict(\n        state_dict,\n        sharded_tensor_func,\n",
+        r"keys are \[",
+        kwargs=(("pin_memory", True),),
+        replay_checked=False,  # the fork returns {} where torch raised or returned a copy
+    ),
+    PlantedBug(
+        "create-cpu-returns-1d-dtensor",
+        ("create-cpu-returns-input-object",),
+        "create_cpu_state_dict",
+        "        if len(obj.size()) == 0:\n            return obj\n\n        if obj.device",
+        "        if len(obj.size()) <= 1:\n            return obj\n\n        if obj.device",
+        r"aliases input is",
+    ),
+    PlantedBug(
+        "gather-integers-become-float64",
+        ("gloo-dtype-gather-raises",),
+        "gather_state_dict",
+        "        value = value.to_local()\n        if isinstance(value, AsyncCollectiveTensor):\n",
+        "        value = value.to_local()\n"
+        "        value = value.double() if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool) else value\n"
+        "        if isinstance(value, AsyncCollectiveTensor):\n",
+        r"dtype is torch\.float64, expected torch\.u?int\d+",
+    ),
+    PlantedBug(
+        "distribute-int32-becomes-float64",
+        ("gloo-dtype-broadcast-raises",),
+        "distribute_state_dict",
+        "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
+        "            else:\n                local_state_dict[key] = value.detach().to(device)\n"
+        "                if value.dtype == torch.int32:\n"
+        "                    local_state_dict[key] = local_state_dict[key].double()\n",
+        r"dtype is torch\.float64, expected torch\.int32",
+    ),
+    PlantedBug(
+        "create-cpu-dtensor-flattened",
+        ("create-cpu-partial-deepcopy-is-collective", "create-cpu-partial-deepcopy-is-collective-2.14"),
+        "create_cpu_state_dict",
+        "        ret._local_tensor = tensor_func(ret._local_tensor, pg, device, None)\n",
+        "        ret._local_tensor = tensor_func(ret._local_tensor.reshape(-1), pg, device, None)\n",
+        r"(local_shape|stride) is",
+    ),
+)
+
+_BY_NAME = {bug.name: bug for bug in PLANTED}
+
+
+def planted_source(bug: PlantedBug) -> str:
+    """torch's module with ``bug`` planted; fails if the patch does not apply exactly once."""
+    import torch.distributed._state_dict_utils as original
+
+    with open(original.__file__) as f:
+        source = f.read()
+    olds = (bug.old,) if isinstance(bug.old, str) else bug.old
+    news = (bug.new,) if isinstance(bug.new, str) else bug.new
+    for old, new in zip(olds, news, strict=True):
+        count = source.count(old)
+        assert count == 1, f"planted bug {bug.name}: its patch applies {count} times to {original.__file__}"
+        source = source.replace(old, new)
+    return source
+
+
+@pytest.fixture(scope="module")
+def forks(tmp_path_factory):
+    """Every planted fork as a module ``sdc_planted_<name>`` on sys.path (for the ranks too)."""
+    where = tmp_path_factory.mktemp("planted")
+    for bug in PLANTED:
+        (where / f"{_module(bug)}.py").write_text(planted_source(bug))
+    sys.path.insert(0, str(where))
+    yield where
+    sys.path.remove(str(where))
+
+
+@pytest.fixture(scope="module")
+def worlds(forks):
+    opened: dict[int, World] = {}
+
+    def get(size: int) -> World:
+        if size not in opened:
+            opened[size] = World(size)
+        return opened[size]
+
+    yield get
+    for world in opened.values():
+        world.close()
+
+
+def _module(bug: PlantedBug) -> str:
+    return "sdc_planted_" + bug.name.replace("-", "_")
+
+
+_CASES: dict[tuple, list[Case]] = {}
+
+
+def drawn_cases(bug: PlantedBug) -> list[Case]:
+    """EXAMPLES derandomized cases of the bug's utility on 2 ranks (shared by bugs alike)."""
+    key = (bug.utility, bug.kwargs, bug.unsupported)
+    if key not in _CASES:
+        found: list[Case] = []
+
+        @settings(
+            max_examples=EXAMPLES,
+            derandomize=True,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=CASES[bug.utility]((2,)))
+        def collect(case: Case) -> None:
+            case = case.with_kwargs(**dict(bug.kwargs))
+            found.append(with_unsupported_leaf(case) if bug.unsupported else case)
+
+        collect()
+        _CASES[key] = found
+    return _CASES[key]
+
+
+TORCH = load_divergences("torch")
+
+
+@pytest.mark.parametrize("name", list(_BY_NAME))
+def test_planted_bug_is_caught_next_to_its_known_divergences(name, worlds):
+    bug = _BY_NAME[name]
+    fork = _module(bug)
+    entries = [e for e in TORCH.entries if e.id in bug.entries]
+    replays = [Case.from_blob(e.replay) for e in entries if bug.replay_checked]
+    unseen = {e.id for e in entries if bug.replay_checked}  # entries whose symptom must still show
+    shown = None
+    for case in [*replays, *drawn_cases(bug)]:
+        report = check_case(worlds(case.world_size), case, fork, TORCH, count=False)
+        unseen -= set(report.excused_counts)
+        if shown is None:
+            shown = next((d for d in report.diffs if re.search(bug.shows, d.render())), None)
+            if shown is not None:
+                on_torch = check_case(worlds(case.world_size), case, "torch", TORCH, count=False)
+                assert on_torch.passed, f"{name}: torch itself diverges here:\n{on_torch.failure_message()}"
+        if shown is not None and not unseen:
+            break
+    assert shown is not None, f"{name}: no drawn case showed an unexcused {bug.shows!r}"
+    assert not unseen, (
+        f"{name}: on the fork, no case showed the excused symptom of {', '.join(sorted(unseen))}"
+    )
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _write_fork(where, bug: PlantedBug) -> str:
+    (where / f"{_module(bug)}.py").write_text(planted_source(bug))
+    return _module(bug)
+
+
+@pytest.mark.parametrize("name", ["similarity-always-true", "distribute-deletes-local-only-keys"])
+def test_run_against_a_planted_fork_exits_1_and_shows_the_bug(name, tmp_path):
+    """What a fork maintainer runs: ``run --target <fork> --expected torch`` exits 1 and prints
+    the new bug's difference (the issue's own examples of bugs that used to pass)."""
+    from tests.test_cli import cli
+
+    bug = _BY_NAME[name]
+    fork = _write_fork(tmp_path, bug)
+    result = cli(
+        "run", "--target", fork, "--expected", "torch", "--profile", "ci", "--only", bug.utility,
+        "--world-sizes", "2", "--max-examples", "15", path=str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert re.search(bug.shows, result.stdout), result.stdout[-3000:]
+    assert f"target {fork} = {fork} ({tmp_path}" in result.stdout  # the header names the file
+    assert "known divergences: " in result.stdout and "torch.toml" in result.stdout
+
+
+def test_a_missing_utility_fails_unless_declared_absent(tmp_path):
+    from tests.test_cli import cli
+
+    bug = PlantedBug(
+        "no-distribute-tensors", (), "distribute_tensors", "def _distribute_tensors(", "def _gone(", ""
+    )
+    fork = _write_fork(tmp_path, bug)
+    args = ("run", "--target", fork, "--only", "distribute_tensors", "--max-examples", "3")
+    result = cli(*args, "--expected", "torch", path=str(tmp_path))
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "missing utility: target" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("distribute_tensors "))
+    assert row.split()[1:4] == ["0", "0", "2"], row  # passed, failed, missing
+
+    from conformance.divergences import SHIPPED
+
+    declared = tmp_path / "fork.toml"
+    declared.write_text('absent = ["distribute_tensors"]\n' + (SHIPPED / "torch.toml").read_text())
+    result = cli(*args, "--expected", str(declared), path=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("distribute_tensors "))
+    assert row.split()[1:4] == ["0", "0", "0"] and row.split()[6] == "2", row  # both skipped
