@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from conformance.case import Case, replay_command
 from conformance.compare import Difference, compare_outcomes
-from conformance.divergences import Divergences
+from conformance.divergences import Divergences, left_blocked
 from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, open_facts, run_law
 from conformance.observation import ANY, Outcome, RaisedObs
 from conformance.oracle import expected_outcomes
@@ -57,9 +57,14 @@ class CaseReport:
 
 
 class CaseAborted(BaseException):
-    """A case ended by a hang or a dead rank. A BaseException, so that Hypothesis does not
-    shrink it (each step would cost a hang and a world restart): the property stops here with
-    this report, and the run goes on with the next property."""
+    """A case ended by a hang or a dead rank (``kind`` "hang" / "crash"), or failed leaving
+    ranks blocked ("blocked"). A BaseException, so that Hypothesis does not shrink it (each
+    step would cost a timeout and a world restart): the property stops here with this
+    report, and the run goes on with the next property."""
+
+    def __init__(self, text: str, kind: str) -> None:
+        super().__init__(text)
+        self.kind = kind
 
 
 def fault_report(case: Case, target: str, exc: JobFailed) -> str:
@@ -83,7 +88,7 @@ def observe_case(world: JobRunner, case: Case, target: str, abort_on_fault: bool
         return world.run(run_case, case, target)
     except JobFailed as exc:
         if abort_on_fault and exc.kind in ("hang", "crash"):
-            raise CaseAborted(fault_report(case, target, exc)) from None
+            raise CaseAborted(fault_report(case, target, exc), exc.kind) from None
         outcomes = []
         for rank in range(world.size):
             if rank in exc.results:
@@ -122,6 +127,12 @@ def check_case(
         report.diffs, report.excused = divergences.excuse(case, diffs, count)
         if observed is not None:
             report.diffs += _judged_as_if(case, observed, report.excused, divergences, count)
+    if abort_on_fault and any(left_blocked(d) for d in report.diffs):
+        raise CaseAborted(
+            report.failure_message()
+            + "\n(not shrunk: ranks were left blocked, and each retry restarts the world)",
+            "blocked",
+        )
     return report
 
 
@@ -169,7 +180,7 @@ def law_differences(
         outcomes: list[Outcome] = world.run(run_law, case, law, target)
     except JobFailed as exc:
         if abort_on_fault and exc.kind in ("hang", "crash"):
-            raise CaseAborted(fault_report(case, target, exc)) from None
+            raise CaseAborted(fault_report(case, target, exc), exc.kind) from None
         rank = next(iter(exc.failures), 0)
         return [Difference(rank, case.utility, (), "job", exc.kind, "result", f"{exc}")]
     diffs: list[Difference] = []

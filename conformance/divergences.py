@@ -161,7 +161,7 @@ class Divergences:
             for diff in left:
                 if diff.mutated and diff.rank in stopped:
                     excused.append((stopped[diff.rank], diff))
-                elif _left_blocked(diff):
+                elif left_blocked(diff):
                     excused.append((first, diff))
                 else:
                     still.append(diff)
@@ -186,7 +186,7 @@ class Divergences:
         return [e for e in self.entries if utility in e.utilities]
 
 
-def _left_blocked(diff: Difference) -> bool:
+def left_blocked(diff: Difference) -> bool:
     """A rank left waiting in a collective (and so never observed) by another rank's raise."""
     return (diff.field == "raised" and str(diff.observed).startswith("Blocked:")) or diff.field == "observed"
 

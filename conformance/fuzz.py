@@ -100,8 +100,8 @@ class Fuzzer:
                 return  # let the batch finish quickly; nothing is judged after the budget
             try:
                 report = self.harness.check(case)
-            except CaseAborted as exc:  # a hang or a dead rank: saved as it is, not shrunk
-                self.save_fault(case, str(exc))
+            except CaseAborted as exc:  # a hang, a dead or a blocked rank: saved as it is, not shrunk
+                self.save_fault(case, exc)
                 raise
             self.progress()
             if not report.passed:
@@ -117,10 +117,9 @@ class Fuzzer:
                 raise
             self.save(failing[-1][1])  # Hypothesis replays the shrunk example last
 
-    def save_fault(self, case: Case, text: str) -> None:
-        """Save a case that hung or killed a rank (the first line names its kind)."""
-        kind = "hang" if " hang on rank" in text.splitlines()[0] else "crash"
-        self._write(f"{case.utility}: did not finish ({kind})", case, {"report": text})
+    def save_fault(self, case: Case, exc: CaseAborted) -> None:
+        """Save a case that hung, killed a rank or left ranks blocked, with its report."""
+        self._write(f"{case.utility}: did not finish ({exc.kind})", case, {"report": str(exc)})
 
     def save(self, report: CaseReport) -> None:
         self._write(

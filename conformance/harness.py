@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.case import Case
-from conformance.check import CaseReport, check_case, observe_case
+from conformance.check import CaseAborted, CaseReport, check_case, observe_case
 from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
 from conformance.targets import Target, load_target
 from conformance.world import JobRunner, World
@@ -122,6 +122,7 @@ class Harness:
         register_placements(config.placements)
         self._worlds: dict[int, World] = {}
         self.cases_by_utility: dict[str, int] = {}
+        self.faults: dict[str, str] = {}  # utility -> its first hang or dead rank in this run
 
     def world(self, size: int) -> JobRunner:
         # torchrun hook (issue 5): under SDC_LAUNCHER=torchrun the one world is torchrun's.
@@ -161,16 +162,25 @@ class Harness:
     def check(self, case: Case, excuse: bool = True, count: bool = True) -> CaseReport:
         """Judge one case; with ``excuse`` the known divergences excuse what they match (and,
         with ``count``, the differences they excuse count as this run's hits)."""
+        if case.utility in self.faults:
+            # One hang or dead rank per utility is enough: later properties fail at once.
+            raise CaseAborted(f"{case.describe()} not run: {self.faults[case.utility]}", "skipped")
         self.cases_by_utility[case.utility] = self.cases_by_utility.get(case.utility, 0) + 1
         divergences = self.divergences if excuse else None
-        return check_case(
-            self.world(case.world_size),
-            case,
-            self.config.target,
-            divergences,
-            count,
-            abort_on_fault=not self.config.shrink_hangs,
-        )
+        try:
+            return check_case(
+                self.world(case.world_size),
+                case,
+                self.config.target,
+                divergences,
+                count,
+                abort_on_fault=not self.config.shrink_hangs,
+            )
+        except CaseAborted as exc:
+            if exc.kind in ("hang", "crash"):
+                first = str(exc).splitlines()[0]
+                self.faults[case.utility] = f"{case.utility} already did not finish in this run ({first})"
+            raise
 
     @property
     def cases_run(self) -> int:

@@ -131,7 +131,11 @@ def _message(report: pytest.TestReport) -> str:
         return str(report.longrepr[2])
     if report.failed:
         text = str(report.longrepr)
-        start = max(text.find("diverges from the contract"), text.find("did not finish (target"))
+        start = max(
+            text.find("diverges from the contract"),
+            text.find("did not finish (target"),
+            text.find(" not run: "),
+        )
         if start >= 0:
             text = text[text.rfind("\n", 0, start) + 1 :]
         return "\n".join(line.removeprefix("E").strip() for line in text.splitlines() if line.strip())[:4000]

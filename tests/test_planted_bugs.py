@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -29,21 +27,9 @@ from conformance.check import check_case
 from conformance.divergences import load_divergences
 from conformance.properties import with_unsupported_leaf
 from conformance.world import World
+from tests.planted import PlantedBug, fork_module, write_fork
 
 EXAMPLES = 80  # cases drawn per (utility, keyword arguments), at most; the bug must show among them
-
-
-@dataclass(frozen=True)
-class PlantedBug:
-    name: str
-    entries: tuple[str, ...]  # the known divergences it sits next to
-    utility: str
-    old: str | tuple[str, ...]  # text(s) of torch's module, each replaced exactly once by ``new``
-    new: str | tuple[str, ...]
-    shows: str  # regex an unexcused difference line must match
-    kwargs: tuple[tuple[str, Any], ...] = ()  # keyword arguments forced on the drawn cases
-    unsupported: bool = False  # append an unsupported leaf to every case
-    replay_checked: bool = True  # the entry's replay must still show its own symptom, excused
 
 
 PLANTED: tuple[PlantedBug, ...] = (
@@ -275,27 +261,12 @@ PLANTED: tuple[PlantedBug, ...] = (
 _BY_NAME = {bug.name: bug for bug in PLANTED}
 
 
-def planted_source(bug: PlantedBug) -> str:
-    """torch's module with ``bug`` planted; fails if the patch does not apply exactly once."""
-    import torch.distributed._state_dict_utils as original
-
-    with open(original.__file__) as f:
-        source = f.read()
-    olds = (bug.old,) if isinstance(bug.old, str) else bug.old
-    news = (bug.new,) if isinstance(bug.new, str) else bug.new
-    for old, new in zip(olds, news, strict=True):
-        count = source.count(old)
-        assert count == 1, f"planted bug {bug.name}: its patch applies {count} times to {original.__file__}"
-        source = source.replace(old, new)
-    return source
-
-
 @pytest.fixture(scope="module")
 def forks(tmp_path_factory):
     """Every planted fork as a module ``sdc_planted_<name>`` on sys.path (for the ranks too)."""
     where = tmp_path_factory.mktemp("planted")
     for bug in PLANTED:
-        (where / f"{_module(bug)}.py").write_text(planted_source(bug))
+        write_fork(where, bug)
     sys.path.insert(0, str(where))
     yield where
     sys.path.remove(str(where))
@@ -313,10 +284,6 @@ def worlds(forks):
     yield get
     for world in opened.values():
         world.close()
-
-
-def _module(bug: PlantedBug) -> str:
-    return "sdc_planted_" + bug.name.replace("-", "_")
 
 
 _CASES: dict[tuple, list[Case]] = {}
@@ -351,7 +318,7 @@ TORCH = load_divergences("torch")
 @pytest.mark.parametrize("name", list(_BY_NAME))
 def test_planted_bug_is_caught_next_to_its_known_divergences(name, worlds):
     bug = _BY_NAME[name]
-    fork = _module(bug)
+    fork = fork_module(bug)
     entries = [e for e in TORCH.entries if e.id in bug.entries]
     replays = [Case.from_blob(e.replay) for e in entries if bug.replay_checked]
     unseen = {e.id for e in entries if bug.replay_checked}  # entries whose symptom must still show
@@ -375,11 +342,6 @@ def test_planted_bug_is_caught_next_to_its_known_divergences(name, worlds):
 # --------------------------------------------------------------------------- end to end
 
 
-def _write_fork(where, bug: PlantedBug) -> str:
-    (where / f"{_module(bug)}.py").write_text(planted_source(bug))
-    return _module(bug)
-
-
 @pytest.mark.parametrize("name", ["similarity-always-true", "distribute-deletes-local-only-keys"])
 def test_run_against_a_planted_fork_exits_1_and_shows_the_bug(name, tmp_path):
     """What a fork maintainer runs: ``run --target <fork> --expected torch`` exits 1 and prints
@@ -387,7 +349,7 @@ def test_run_against_a_planted_fork_exits_1_and_shows_the_bug(name, tmp_path):
     from tests.test_cli import cli
 
     bug = _BY_NAME[name]
-    fork = _write_fork(tmp_path, bug)
+    fork = write_fork(tmp_path, bug)
     result = cli(
         "run", "--target", fork, "--expected", "torch", "--profile", "ci", "--only", bug.utility,
         "--world-sizes", "2", "--max-examples", "15", path=str(tmp_path),
@@ -404,7 +366,7 @@ def test_a_missing_utility_fails_unless_declared_absent(tmp_path):
     bug = PlantedBug(
         "no-distribute-tensors", (), "distribute_tensors", "def _distribute_tensors(", "def _gone(", ""
     )
-    fork = _write_fork(tmp_path, bug)
+    fork = write_fork(tmp_path, bug)
     args = ("run", "--target", fork, "--only", "distribute_tensors", "--max-examples", "3")
     result = cli(*args, "--expected", "torch", path=str(tmp_path))
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
