@@ -70,6 +70,13 @@ def bench(session: nox.Session) -> None:
     """Figures: world dispatch overhead vs a bare call vs a fresh world per call."""
     install_project(session)
     session.run("python", "benchmarks/bench_world.py", *session.posargs)
+    session.run("python", "benchmarks/bench_faults.py")
+
+
+@nox.session(venv_backend="none")
+def loaded(session: nox.Session) -> None:
+    """The CI suite unloaded, then next to 4 CPU burners; prints both times (``BURNERS=n``)."""
+    session.run("bash", "scripts/test-loaded.sh", *session.posargs, external=True)
 
 
 @nox.session

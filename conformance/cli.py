@@ -22,16 +22,19 @@ class UsageError(Exception):
 
 #: After the first Ctrl-C, seconds the command gets to stop cleanly (keeping what it found)
 #: before it stops hard; a second Ctrl-C stops hard at once.
-INTERRUPT_GRACE = 3.0
+INTERRUPT_GRACE = 2.0
 
 
 def _stop_hard() -> None:
     from conformance.world import kill_all_worlds
 
-    print("\ninterrupted: stopping now", file=sys.stderr, flush=True)
     kill_all_worlds()
+    print("\ninterrupted: stopped", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(130)
+
+
+_pressed: list[float] = []  # when Ctrl-C was pressed
 
 
 def install_interrupt_handler() -> None:
@@ -40,7 +43,7 @@ def install_interrupt_handler() -> None:
     import signal
     import threading
 
-    pressed = []
+    pressed = _pressed
 
     def on_sigint(signum: int, frame: object) -> None:
         pressed.append(time.monotonic())
@@ -429,12 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_interrupt_handler()
+    status = _main(argv)
+    if _pressed:  # interrupted: what was found is reported; skip a slow interpreter shutdown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status if status else 130)
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed help, or its one-line usage error
         return 0 if not exc.code else 2
-    install_interrupt_handler()
     try:
         if getattr(args, "target", None) and args.command in ("run", "replay", "fuzz"):
             _check_target(args.target)

@@ -183,12 +183,14 @@ def cmd_fuzz(args: Any) -> int:
         f"fuzzing {args.target} for {args.time} on world sizes {config.world_sizes}; failures go to {out}/",
         file=sys.stderr,
     )
+    interrupted = False
     try:
         fuzzer.run()
     except KeyboardInterrupt:
+        interrupted = True
         print("\ninterrupted: stopping", file=sys.stderr)
     finally:
-        harness.close()
+        harness.close(polite=not interrupted)
     fuzzer.progress(force=True)
     print(
         f"\n{harness.cases_run} cases in {fuzzer.elapsed:.0f}s; {len(fuzzer.failures)} new failure(s)",

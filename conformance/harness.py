@@ -147,9 +147,10 @@ class Harness:
             jobs.append((register_placements, (self.config.placements,)))
         return tuple(jobs)
 
-    def close(self) -> None:
+    def close(self, polite: bool = True) -> None:
+        """Stop the worlds (at once, killing their ranks, unless ``polite``)."""
         for world in self._worlds.values():
-            world.close()
+            world.close(polite)
         self._worlds.clear()
 
     def missing(self, utility: str) -> list[str]:

@@ -265,10 +265,15 @@ def _close_all_worlds() -> None:
 
 
 def kill_all_worlds() -> None:
-    """Kill every rank of every world of this process at once (a second Ctrl-C)."""
-    for world in list(_live_worlds):
-        world._kill()
-        world._remove_logs()
+    """Kill every rank of every world of this process at once (a hard stop): SIGKILL first,
+    for all of them, before waiting for any."""
+    worlds = list(_live_worlds)
+    for world in worlds:
+        for proc in world._procs:
+            if proc.is_alive():
+                proc.kill()
+    for world in worlds:
+        world.close(polite=False)
 
 
 class World:
@@ -360,9 +365,10 @@ class World:
             self._kill()
             raise WorldUnavailable(f"world of {self.size} ({self.backend}) failed to start: {exc}") from None
 
-    def close(self) -> None:
-        """Stop every rank (politely, then by force) and release the store."""
-        if self._procs and self.alive and not self._needs_health_check:
+    def close(self, polite: bool = True) -> None:
+        """Stop every rank (politely, then by force; by force at once unless ``polite``) and
+        release the store."""
+        if polite and self._procs and self.alive and not self._needs_health_check:
             try:
                 for conn in self._conns:
                     conn.send_bytes(pickle.dumps((None, (), {})))
