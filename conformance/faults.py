@@ -103,3 +103,28 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def own_stacks() -> str:
+    """This process's threads' stacks, trimmed as :func:`trim_stack` does (for a rank that is
+    asked over a store rather than signalled)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as f:
+        faulthandler.dump_traceback(file=f, all_threads=True)
+        f.seek(0)
+        return trim_stack(f.read())
+
+
+def thread_stack(thread_id: int) -> str:
+    """One thread of this process (by ``threading.get_ident()``), in faulthandler's format."""
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return ""
+    lines = [f"Thread {thread_id:#x} (most recent call first):"]
+    for summary in reversed(traceback.extract_stack(frame)):
+        lines.append(f'  File "{summary.filename}", line {summary.lineno} in {summary.name}')
+    return trim_stack("\n".join(lines))

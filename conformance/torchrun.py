@@ -74,6 +74,7 @@ from datetime import timedelta
 from typing import Any
 
 import conformance.world as _world
+from conformance.faults import own_stacks, thread_stack
 from conformance.progress import ProgressWatch, cpu_seconds
 from conformance.world import (
     BACKENDS,
@@ -160,11 +161,15 @@ class _Rank:
 
     def _watchdog(self, store: Any) -> None:
         """Heartbeat; on ranks other than 0 also: exit on ``stop`` or when rank 0 is gone."""
-        last_beat0, changed, errors = -1, time.monotonic(), 0
+        last_beat0, changed, errors, dumped = -1, time.monotonic(), 0, 0
         while not self.closing:
             try:
                 store.add(f"beat/{self.rank}", 1)
                 store.set(f"cpu/{self.rank}", repr(time.process_time()))
+                busy = self.busy
+                if busy and busy != dumped and store.check([f"dump/{busy}"]):
+                    store.set(f"stack/{busy}/{self.rank}", own_stacks())  # where this rank is stuck
+                    dumped = busy
                 if self.rank != 0:
                     if store.check(["stop"]):
                         reason = store.get("stop").decode()
@@ -305,6 +310,7 @@ class TorchrunWorld:
         self._beats: dict[int, tuple[int, float]] = {}
         self._set_up = False  # the harness's setup jobs (warm-up, placements) have run
         self._own_tid: int | None = None  # native id of the thread running rank 0's share
+        self._own_ident: int | None = None  # and its threading ident
 
     # -- lifecycle
 
@@ -335,6 +341,7 @@ class TorchrunWorld:
     def _own_loop(self) -> None:
         """Rank 0's share of every job, off the main thread so that it can time out."""
         self._own_tid = threading.get_native_id()
+        self._own_ident = threading.get_ident()
         if self.backend == "nccl":
             import torch
 
@@ -411,9 +418,14 @@ class TorchrunWorld:
 
     def _lose(self, exc: JobFailed, what: str) -> None:
         self.lost = f"job {self._next - 1} ({what}): {exc}"
+        stacks = "".join(
+            f"rank {rank}: {failure}\n{failure.traceback}\n"
+            for rank, failure in exc.failures.items()
+            if failure.traceback
+        )
         _say(
             "\n==== state-dict-conformance: torchrun world lost ====\n"
-            f"{self.lost}\n"
+            f"{self.lost}\n{stacks}"
             "A torchrun world cannot restart from inside, so the run stops here.\n"
         )
 
@@ -514,13 +526,33 @@ class TorchrunWorld:
         if errors:
             raise JobFailed("error", errors, results=results)
         if waiting:
+            stacks = self._stacks(job, waiting)
             raise JobFailed(
                 "hang",
-                {r: RankFailure("Timeout", f"no answer within {timeout:g}s") for r in waiting},
+                {
+                    r: RankFailure("Timeout", f"no answer within {timeout:g}s", stacks.get(r, ""))
+                    for r in waiting
+                },
                 "job timed out; a torchrun world cannot restart, so the run stops",
                 results=results,
             )
         return [results[r] for r in range(self.size)]
+
+    def _stacks(self, job: int, ranks: list[int], wait: float = 3.0) -> dict[int, str]:
+        """Where each of ``ranks`` is stuck in ``job``: rank 0's job thread from here, the
+        others as their watchdog reports it over the store."""
+        store = self._m.store
+        store.set(f"dump/{job}", "1")
+        found = {0: thread_stack(self._own_ident)} if 0 in ranks and self._own_ident is not None else {}
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            for rank in ranks:
+                if rank not in found and store.check([f"stack/{job}/{rank}"]):
+                    found[rank] = store.get(f"stack/{job}/{rank}").decode()
+            if all(r in found for r in ranks):
+                break
+            time.sleep(0.1)
+        return found
 
     def _check_beats(self, job: int) -> None:
         """Raise JobFailed("crash") for unanswered ranks whose heartbeat stopped."""

@@ -224,6 +224,7 @@ def test_hang_ends_the_run_with_a_report():
     assert code != 0, out
     assert "INNER-JOBS-OK" in out and "INNER-HANG-RAISED" in out, out
     assert "torchrun world lost" in out and "job hang on rank(s) 1" in out, out
+    assert "in sleep_on" in out, out  # where rank 1 is stuck
     assert seconds < RUN_LIMIT / 2, out  # the hang ended the run; it did not run into the limit
 
 
