@@ -168,16 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from conformance.targets import load_target
 
     os.environ.update(_common_env(args))
-    config = HarnessConfig(
-        target=args.target,
-        expected=args.expected,
-        world_sizes=tuple(args.world_sizes),
-        backend=args.backend,
-        case_timeout=args.case_timeout,
+    config = HarnessConfig.from_args(
+        args,
         profile=args.profile,
-        max_examples=args.max_examples,
-        placements=tuple(args.placement),
-        only=tuple(args.only),
         strict=args.strict,
         shrink_hangs=args.shrink_hangs,
         time_limit=args.time_limit,
@@ -456,6 +449,8 @@ def _main(argv: list[str] | None) -> int:
             _check_backend(args.backend, getattr(args, "world_sizes", (1,)))
         if getattr(args, "jobs", 1) < 1:
             raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+        if getattr(args, "max_examples", None) is not None and args.max_examples < 1:
+            raise UsageError(f"--max-examples must be at least 1, got {args.max_examples}")
         for reference in getattr(args, "placement", []) or []:
             _check_placement(reference)
         return args.func(args)

@@ -25,13 +25,9 @@ from conformance.observation import (
     ValueObs,
 )
 
-#: The fields a difference can be about (what known divergences name as their symptom).
-FIELDS = (
-    "kind",  # a different sort of object: observed / expected say which (Tensor, dict, NoneType, ...)
-    "container",  # container kind
-    "keys",  # container keys (in order)
-    "class",
-    "device",
+TENSOR_FACTS = (
+    "cls",
+    "device_type",
     "dtype",
     "shape",
     "stride",
@@ -41,6 +37,15 @@ FIELDS = (
     "aliases",
     "pinned",
     "shared",
+)
+_FACT_FIELDS = {"cls": "class", "device_type": "device"}
+
+#: The fields a difference can be about (what known divergences name as their symptom).
+FIELDS = (
+    "kind",  # a different sort of object: observed / expected say which (Tensor, dict, NoneType, ...)
+    "container",  # container kind
+    "keys",  # container keys (in order)
+    *(_FACT_FIELDS.get(name, name) for name in TENSOR_FACTS),  # a tensor's facts
     "data",  # local data; observed / expected: the first differing elements
     "value",  # a non-tensor leaf: "<type> <repr>"
     "raised",  # "<type>: <message>" of the exception raised, or "nothing" when the call returned
@@ -232,21 +237,6 @@ def _compare_raised(expected: Any, observed: Any, path: tuple, diffs: _Diffs) ->
         )
 
 
-TENSOR_FACTS = (
-    "cls",
-    "device_type",
-    "dtype",
-    "shape",
-    "stride",
-    "local_shape",
-    "placements",
-    "mesh_shape",
-    "aliases",
-    "pinned",
-    "shared",
-)
-
-
 def _compare_tensor(expected: TensorObs, observed: TensorObs, path: tuple, diffs: _Diffs) -> None:
     for name in TENSOR_FACTS:
         want, got = getattr(expected, name), getattr(observed, name)
@@ -328,7 +318,7 @@ def _same_value(expected: Any, observed: Any) -> bool:
 
 def _fact_label(name: str) -> str:
     """The difference field of a TensorObs fact."""
-    return {"cls": "class", "device_type": "device"}.get(name, name)
+    return _FACT_FIELDS.get(name, name)
 
 
 def _show(name: str, value: Any) -> str:

@@ -167,14 +167,7 @@ def cmd_fuzz(args: Any) -> int:
     budget = parse_duration(args.time)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = HarnessConfig(
-        target=args.target,
-        expected=args.expected,
-        world_sizes=tuple(args.world_sizes),
-        backend=args.backend,
-        case_timeout=args.case_timeout,
-        placements=tuple(args.placement),
-    )
+    config = HarnessConfig.from_args(args)
     harness = Harness(config)
     only = list(args.only) or list(UTILITIES)
     names = only + [law for law in LAW_CASES if not args.only]

@@ -30,6 +30,21 @@ class HarnessConfig:
     shrink_hangs: bool = False  # shrink hangs and dead ranks like other failures (slow: restarts)
     time_limit: float | None = None  # seconds for the whole run; later properties are not run
 
+    @classmethod
+    def from_args(cls, args: Any, **more: Any) -> HarnessConfig:
+        """The settings of a command line (``run``, ``fuzz``): the suite options it has."""
+        return cls(
+            target=args.target,
+            expected=args.expected,
+            world_sizes=tuple(args.world_sizes),
+            backend=args.backend,
+            case_timeout=args.case_timeout,
+            placements=tuple(args.placement),
+            only=tuple(args.only),
+            max_examples=args.max_examples,
+            **more,
+        )
+
     @property
     def expected_name(self) -> str:
         if self.expected is not None:
