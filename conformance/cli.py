@@ -425,9 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    # Until torch is loaded (seconds on a busy machine, in C code where no Python signal
+    # handler can run) Ctrl-C simply ends the process: nothing has started or been found yet.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    import torch.distributed  # noqa: F401
+
     install_interrupt_handler()
     status = _main(argv)
     if _pressed:  # interrupted: what was found is reported; skip a slow interpreter shutdown
+        from conformance.world import kill_all_worlds
+
+        kill_all_worlds()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status if status else 130)

@@ -454,6 +454,7 @@ class TorchrunWorld:
                 if early and not grace_started:
                     grace_started = True
                     deadline = min(deadline, now + self.error_grace)
+                    watch.note(r for r in range(self.size) if r not in self._answered(job))
                 if self._terminated:
                     self._raise_terminated(job)
                 if now >= next_beat_check:

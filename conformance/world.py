@@ -364,6 +364,9 @@ class World:
         except JobFailed as exc:
             self._kill()
             raise WorldUnavailable(f"world of {self.size} ({self.backend}) failed to start: {exc}") from None
+        except BaseException:  # Ctrl-C while starting: no rank outlives it
+            self._kill()
+            raise
 
     def close(self, polite: bool = True) -> None:
         """Stop every rank (politely, then by force; by force at once unless ``polite``) and
@@ -488,8 +491,10 @@ class World:
                     else:
                         results[rank] = value
                     if status == "err" or _may_desync(value):
-                        # The others may be blocked in a collective this rank never joined.
+                        # The others may be blocked in a collective this rank never joined:
+                        # they get the grace, judged on what they do from now on.
                         deadline = min(deadline, time.monotonic() + self.error_grace)
+                        watch.note(waiting.values())
             for obj in ready:
                 died = sentinels.get(obj)
                 if died is not None and died not in results and died not in errors:

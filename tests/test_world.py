@@ -155,7 +155,7 @@ def test_error_while_others_block_returns_promptly(fresh_world):
     assert info.value.kind == "error"
     assert info.value.failures[0].type_name == "KeyError"
     assert "blocked" in info.value.detail
-    assert elapsed < 4.0, f"took {elapsed:.1f}s, timeout is 5s"
+    assert elapsed < fresh_world.job_timeout, f"took {elapsed:.1f}s, no faster than the 5 s hang timeout"
     assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
 
 
@@ -164,7 +164,7 @@ def test_early_return_while_others_block_returns_promptly(fresh_world):
     start = time.monotonic()
     with pytest.raises(JobFailed) as info:
         fresh_world.run(return_early_on, 1)
-    assert time.monotonic() - start < 4.0
+    assert time.monotonic() - start < fresh_world.job_timeout
     assert isinstance(info.value.results[1], EarlyReturn)
     assert info.value.failures[0].type_name == "Blocked"
     assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
