@@ -114,16 +114,6 @@ class Divergence:
             return False
         return all(SCOPES[name](case, diff) for name in self.scopes)
 
-    def describe(self) -> str:
-        parts = ["/".join(self.fields)]
-        if self.observed is not None:
-            parts.append(f"observed {self.observed.pattern!r}")
-        if self.expected is not None:
-            parts.append(f"expected {self.expected.pattern!r}")
-        if self.scopes:
-            parts.append(f"scope {' and '.join(self.scopes)}")
-        return ", ".join(parts)
-
 
 @dataclass
 class Divergences:

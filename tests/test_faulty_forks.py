@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.planted import PlantedBug, planted_source, write_fork
+from tests.processes import alive_in_session
 from tests.test_cli import ROOT
 
 GATHER_BODY = (
@@ -70,9 +71,7 @@ def run_fork(bug: PlantedBug, tmp_path) -> tuple[int, str, dict, list[str]]:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"the run against {fork} did not end within {LIMIT}s")
     time.sleep(1.0)  # ranks exit within half a second of their driver
-    ps = subprocess.run(["ps", "-o", "stat=,pid=,args=", "-s", str(proc.pid)], capture_output=True, text=True)
-    alive = [line for line in ps.stdout.strip().splitlines() if not line.startswith("Z")]  # zombies are gone
-    return proc.returncode, out, json.loads(report.read_text()), alive
+    return proc.returncode, out, json.loads(report.read_text()), alive_in_session(proc.pid)
 
 
 def _failing(report: dict) -> set[str]:

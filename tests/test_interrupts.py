@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.processes import alive_in_session
 from tests.test_cli import ROOT
 
 MOMENTS = 20
@@ -71,7 +72,6 @@ def test_sigint_stops_fuzz_within_seconds_keeping_its_findings(tmp_path):
             record = json.loads(Path(saved).read_text())
             assert record["replay"].startswith("python -m conformance replay"), saved
         time.sleep(0.6)  # ranks notice a dead driver within half a second
-        ps = subprocess.run(["ps", "-o", "stat=,args=", "-s", str(proc.pid)], capture_output=True, text=True)
-        alive = [line for line in ps.stdout.splitlines() if line.strip() and not line.startswith("Z")]
+        alive = alive_in_session(proc.pid)
         assert not alive, f"SIGINT at {moment}s left {alive}"
     assert not slow, "\n".join(slow)
