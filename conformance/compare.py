@@ -37,6 +37,11 @@ TENSOR_FACTS = (
     "aliases",
     "pinned",
     "shared",
+    "same_as",
+    "shares",
+    "requires_grad",
+    "shards",
+    "local_shapes",
 )
 _FACT_FIELDS = {"cls": "class", "device_type": "device"}
 
@@ -48,6 +53,7 @@ FIELDS = (
     *(_FACT_FIELDS.get(name, name) for name in TENSOR_FACTS),  # a tensor's facts
     "data",  # local data; observed / expected: the first differing elements
     "value",  # a non-tensor leaf: "<type> <repr>"
+    "position",  # a BytesIO leaf's stream position
     "raised",  # "<type>: <message>" of the exception raised, or "nothing" when the call returned
     "message",  # the exception message (expected: a substring it must contain)
     "observed",  # an argument the rank never reported
@@ -168,6 +174,8 @@ def _compare(expected: Any, observed: Any, path: tuple, diffs: _Diffs) -> None:
             f"is {_summary(observed)}, expected {_summary(expected)}",
         )
         return
+    if isinstance(expected, (Container, ValueObs)):
+        _compare_identity(expected, observed, path, diffs)
     if isinstance(expected, Container):
         if expected.kind != observed.kind:
             diffs.add(path, "container", observed.kind, expected.kind)
@@ -188,6 +196,19 @@ def _compare(expected: Any, observed: Any, path: tuple, diffs: _Diffs) -> None:
     elif isinstance(expected, ValueObs):
         if expected.type_name != observed.type_name or not _same_value(expected.value, observed.value):
             diffs.add(path, "value", _summary(observed), _summary(expected))
+        if expected.position is not ANY and expected.position != observed.position:
+            diffs.add(path, "position", observed.position, expected.position)
+
+
+def _compare_identity(expected: Container | ValueObs, observed: Any, path: tuple, diffs: _Diffs) -> None:
+    if expected.same_as is not ANY and expected.same_as != observed.same_as:
+        diffs.add(
+            path,
+            "same_as",
+            observed.same_as,
+            expected.same_as,
+            f"is {_show('same_as', observed.same_as)}, expected {_show('same_as', expected.same_as)}",
+        )
 
 
 def kind_of(obs: Any) -> str:
@@ -245,8 +266,12 @@ def _compare_tensor(expected: TensorObs, observed: TensorObs, path: tuple, diffs
         if name == "stride" and same_layout(observed.local_shape, want, got):
             continue
         field_name = _fact_label(name)
-        label = "aliases input" if field_name == "aliases" else field_name
-        diffs.add(path, field_name, got, want, f"{label} is {_show(name, got)}, expected {_show(name, want)}")
+        if name == "same_as":
+            detail = f"is {_show(name, got)}, expected {_show(name, want)}"
+        else:
+            label = {"aliases": "aliases input", "shares": "shares storage with"}.get(field_name, field_name)
+            detail = f"{label} is {_show(name, got)}, expected {_show(name, want)}"
+        diffs.add(path, field_name, got, want, detail)
     if expected.data is None or expected.data is ANY:
         return
     if observed.data is None:
@@ -322,6 +347,10 @@ def _fact_label(name: str) -> str:
 
 
 def _show(name: str, value: Any) -> str:
+    if name == "same_as":
+        return "a new object" if value is None else f"the input object {value}"
+    if name == "shares":
+        return ", ".join(value) if value else "nothing"
     if name == "dtype":
         return f"torch.{value}"
     if isinstance(value, tuple):

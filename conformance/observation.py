@@ -31,6 +31,7 @@ class Container:
     kind: str  # "dict", "OrderedDict", "list", "tuple", or "namedtuple:<Name>"
     keys: tuple[Any, ...]  # dict keys in order, or indices for sequences
     children: tuple[Any, ...]
+    same_as: str | None | Any = ANY  # path of the input container it *is*, else None
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class TensorObs:
     aliases: str | Any | None = ANY  # path of the input leaf whose storage it shares, else None
     pinned: bool | Any = ANY
     shared: bool | Any = ANY
+    same_as: str | None | Any = ANY  # path of the input tensor it *is*, else None
+    shares: tuple[str, ...] | Any = ANY  # output paths of the other outputs sharing its storage
+    requires_grad: bool | Any = ANY
+    shards: tuple[tuple, ...] | Any = ANY  # ShardedTensor: sorted (offsets, sizes, rank) of metadata
+    local_shapes: tuple[tuple[int, ...], ...] | Any = ANY  # ShardedTensor: each local shard's shape
     tolerance: Tolerance | None = None  # expected side only: reduction order may vary
 
 
@@ -54,6 +60,8 @@ class TensorObs:
 class ValueObs:
     type_name: str
     value: Any  # the value itself (bytes for BytesIO contents)
+    same_as: str | None | Any = ANY  # BytesIO / unsupported objects: the input object it *is*
+    position: int | Any = ANY  # BytesIO: the stream position after the call
 
 
 @dataclass(frozen=True)
@@ -97,19 +105,107 @@ def describe_placement(placement: Any) -> str:
     return repr(placement)
 
 
+OUTPUT = "output"  # the root of paths in a call's result (``shares``)
+_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+def _path_text(root: str, path: tuple) -> str:
+    return root + "".join(f"[{key!r}]" for key in path)
+
+
+def storage_of(value: Any) -> int | None:
+    """The storage address of a tensor leaf's local data (a ShardedTensor's first local
+    shard), or None when it has none (empty, meta, no local shard, not a tensor)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, ShardedTensor):
+        shards = value.local_shards()
+        value = shards[0].tensor if shards else None
+    elif isinstance(value, DTensor):
+        value = value.to_local()
+    if not isinstance(value, torch.Tensor) or value.numel() == 0 or value.is_meta:
+        return None
+    return value.untyped_storage().data_ptr()
+
+
+def walk(value: Any, path: tuple = ()) -> Any:
+    """``(path, node)`` of every container and leaf of a tree, depth-first, containers first."""
+    yield path, value
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from walk(child, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for index, child in enumerate(value):
+            yield from walk(child, (*path, index))
+
+
 class Observer:
-    """Turns live outputs into observation trees, recording aliasing with known storages."""
+    """Turns live values into observation trees.
+
+    ``storages`` maps the storage address of every input tensor to its path (``aliases``).
+    :meth:`remember_inputs` indexes the input objects before the call, so that
+    :meth:`observe_result` can tell which output *is* an input (``same_as``) and which outputs
+    share storage with each other (``shares``). Arguments observed after the call
+    (:meth:`observe`) leave both facts open.
+    """
 
     def __init__(self, storages: dict[int, str] | None = None) -> None:
-        # data_ptr of an input leaf's storage -> that leaf's path
         self.storages = storages or {}
+        self.objects: dict[int, str] | None = None  # id() of an input object -> its path
+        self._inputs: list[Any] = []  # inputs kept alive: a freed id could be reused by an output
+        self._sharing: dict[int, list[str]] | None = None  # storage -> output paths, during a result
+
+    def remember_inputs(self, arguments: dict[str, Any]) -> None:
+        """Index every container, tensor and mutable leaf of ``arguments`` (root -> value)."""
+        self.objects = {}
+        for root, value in arguments.items():
+            for path, node in walk(value):
+                if not isinstance(node, _SCALARS) and not _empty_tuple(node):
+                    self.objects.setdefault(id(node), _path_text(root, path))
+                    self._inputs.append(node)
+
+    def observe_result(self, value: Any) -> Any:
+        """The observation of a call's result, with ``same_as`` and ``shares``."""
+        sharing: dict[int, list[str]] = {}
+        for path, node in walk(value):
+            ptr = storage_of(node) if isinstance(node, torch.Tensor) or _is_sharded(node) else None
+            if ptr is not None:
+                sharing.setdefault(ptr, []).append(_path_text(OUTPUT, path))
+        self._sharing = sharing
+        try:
+            return self._observe(value, ())
+        finally:
+            self._sharing = None
 
     def observe(self, value: Any) -> Any:
+        """The observation of a value (an argument after the call): identity facts open."""
+        return self._observe(value, None)
+
+    def _identity(self, value: Any, path: tuple | None) -> dict[str, Any]:
+        if path is None or self.objects is None:
+            return {}
+        return {"same_as": self.objects.get(id(value))}
+
+    def _shares(self, value: Any, path: tuple | None) -> dict[str, Any]:
+        if path is None or self._sharing is None:
+            return {}
+        ptr = storage_of(value)
+        if ptr is None:
+            return {"shares": ()}
+        me = _path_text(OUTPUT, path)
+        return {"shares": tuple(p for p in self._sharing.get(ptr, ()) if p != me)}
+
+    def _observe(self, value: Any, path: tuple | None) -> Any:
         from torch.distributed._shard.sharded_tensor import ShardedTensor
         from torch.distributed.tensor import DTensor
 
+        def child(key: Any) -> tuple | None:
+            return None if path is None else (*path, key)
+
+        identity = {**self._identity(value, path), **self._shares(value, path)}
         if isinstance(value, ShardedTensor):
-            shards = value.local_shards()
+            shards = sorted(value.local_shards(), key=lambda s: tuple(s.metadata.shard_offsets))
             shard_tensors = [s.tensor for s in shards]
             live = bool(shard_tensors) and not any(t.is_meta for t in shard_tensors)
             data = torch.cat([t.detach().cpu().reshape(-1) for t in shard_tensors]) if live else None
@@ -123,6 +219,10 @@ class Observer:
                 aliases=self._alias_of(shard_tensors[0]) if live else None,
                 pinned=all(t.is_pinned() for t in shard_tensors) if live else None,
                 shared=all(t.is_shared() for t in shard_tensors) if live else None,
+                requires_grad=any(t.requires_grad for t in shard_tensors),
+                shards=shard_layout(value),
+                local_shapes=tuple(tuple(t.shape) for t in shard_tensors),
+                **identity,
             )
         if isinstance(value, DTensor):
             local = value.to_local()
@@ -139,6 +239,8 @@ class Observer:
                 aliases=self._alias_of(local),
                 pinned=local.is_pinned() if local.device.type == "cpu" else False,
                 shared=local.is_shared(),
+                requires_grad=value.requires_grad,
+                **identity,
             )
         if isinstance(value, torch.Tensor):
             return TensorObs(
@@ -152,26 +254,49 @@ class Observer:
                 aliases=self._alias_of(value),
                 pinned=value.is_pinned() if value.device.type == "cpu" else False,
                 shared=value.is_shared(),
+                requires_grad=value.requires_grad,
+                **identity,
             )
         if isinstance(value, dict):
             keys = tuple(value.keys())
-            return Container(container_kind(value), keys, tuple(self.observe(value[k]) for k in keys))
+            children = tuple(self._observe(value[k], child(k)) for k in keys)
+            return Container(container_kind(value), keys, children, **self._identity(value, path))
         if isinstance(value, (list, tuple)):
+            children = tuple(self._observe(v, child(i)) for i, v in enumerate(value))
             return Container(
-                container_kind(value),
-                tuple(range(len(value))),
-                tuple(self.observe(v) for v in value),
+                container_kind(value), tuple(range(len(value))), children, **self._identity(value, path)
             )
         if isinstance(value, io.BytesIO):
-            return ValueObs("BytesIO", value.getvalue())
-        if value is None or isinstance(value, (bool, int, float, str, bytes)):
+            return ValueObs("BytesIO", value.getvalue(), position=value.tell(), **self._identity(value, path))
+        if isinstance(value, _SCALARS):
             return ValueObs(type(value).__name__, value)
-        return ValueObs(type(value).__name__, repr(value))
+        return ValueObs(type(value).__name__, repr(value), **self._identity(value, path))
 
     def _alias_of(self, tensor: torch.Tensor) -> str | None:
         if tensor.numel() == 0 or tensor.is_meta:
             return None  # empty tensors have no storage to share
         return self.storages.get(tensor.untyped_storage().data_ptr())
+
+
+def _empty_tuple(value: Any) -> bool:
+    """``()`` is a singleton in CPython: every empty tuple "is" every other one."""
+    return type(value) is tuple and not value
+
+
+def _is_sharded(value: Any) -> bool:
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    return isinstance(value, ShardedTensor)
+
+
+def shard_layout(value: Any) -> tuple[tuple, ...]:
+    """A ShardedTensor's global metadata: sorted ``(offsets, sizes, rank)`` of every shard."""
+    return tuple(
+        sorted(
+            (tuple(m.shard_offsets), tuple(m.shard_sizes), m.placement.rank())
+            for m in value.metadata().shards_metadata
+        )
+    )
 
 
 def describe_placement_spec(spec: Any) -> str:

@@ -240,11 +240,12 @@ def run_case(case: Case, target_name: str) -> Outcome:
         raise LookupError(f"target {target_name!r} has no {case.utility}")
     c = CallContext(case)
     call, arguments = CALLS[case.utility](c, fn)
+    observer = Observer(c.storages)
+    observer.remember_inputs(arguments)
     try:
         result = call()
     except Exception as exc:
-        observer = Observer(c.storages)
         mutated = {name: observer.observe(value) for name, value in arguments.items()}
         return Outcome(RaisedObs(type(exc).__name__, str(exc)), mutated, may_desync=True)
-    observer = Observer(c.storages)
-    return Outcome(observer.observe(result), {name: observer.observe(v) for name, v in arguments.items()})
+    observed = observer.observe_result(result)
+    return Outcome(observed, {name: observer.observe(v) for name, v in arguments.items()})

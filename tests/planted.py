@@ -3,13 +3,29 @@
 A :class:`PlantedBug` is a text patch (each ``old`` must occur exactly once in torch's file,
 so a changed torch fails loudly instead of testing nothing); :func:`write_fork` writes the
 patched module into a folder, importable by name once the folder is on ``sys.path``.
+:func:`assert_caught` is the check every planted-bug test makes: some drawn case shows the
+bug's symptom, unexcused by the known divergences, where torch itself conforms.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from conformance.case import Case
+from conformance.case_strategies import CASES
+from conformance.check import check_case
+from conformance.divergences import Divergences
+from conformance.properties import with_unsupported_leaf
+from conformance.world import World
+
+EXAMPLES = 80  # cases drawn per (utility, keyword arguments), at most; the bug must show among them
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,7 @@ class PlantedBug:
     kwargs: tuple[tuple[str, Any], ...] = ()  # keyword arguments forced on the drawn cases
     unsupported: bool = False  # append an unsupported leaf to every case
     replay_checked: bool = True  # the entry's replay must still show its own symptom, excused
+    world_sizes: tuple[int, ...] = (2,)  # the world sizes its cases are drawn for
 
 
 def planted_source(bug: PlantedBug) -> str:
@@ -49,3 +66,76 @@ def write_fork(where: Path, bug: PlantedBug) -> str:
     """Write ``bug``'s fork into ``where``; returns its module name."""
     (where / f"{fork_module(bug)}.py").write_text(planted_source(bug))
     return fork_module(bug)
+
+
+def fork_worlds(bugs: Iterable[PlantedBug], where: Path) -> Iterator[Callable[[int], World]]:
+    """For a module fixture: every fork of ``bugs`` written into ``where``, which is put on
+    ``sys.path`` before any world starts (spawned ranks inherit it); yields ``get(size)``, a
+    world per size, all closed at the end."""
+    for bug in bugs:
+        write_fork(where, bug)
+    sys.path.insert(0, str(where))
+    opened: dict[int, World] = {}
+
+    def get(size: int) -> World:
+        if size not in opened:
+            opened[size] = World(size)
+        return opened[size]
+
+    try:
+        yield get
+    finally:
+        for world in opened.values():
+            world.close()
+        sys.path.remove(str(where))
+
+
+_CASES: dict[tuple, list[Case]] = {}
+
+
+def drawn_cases(bug: PlantedBug) -> list[Case]:
+    """EXAMPLES derandomized cases of the bug's utility (shared by bugs alike)."""
+    key = (bug.utility, bug.kwargs, bug.unsupported, bug.world_sizes)
+    if key not in _CASES:
+        found: list[Case] = []
+
+        @settings(
+            max_examples=EXAMPLES,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=CASES[bug.utility](bug.world_sizes))
+        def collect(case: Case) -> None:
+            case = case.with_kwargs(**dict(bug.kwargs))
+            found.append(with_unsupported_leaf(case) if bug.unsupported else case)
+
+        collect()
+        _CASES[key] = found
+    return _CASES[key]
+
+
+def assert_caught(bug: PlantedBug, worlds: Callable[[int], World], divergences: Divergences) -> None:
+    """Some drawn case of ``bug``'s fork shows an unexcused difference matching ``bug.shows``
+    where torch itself conforms, and every entry the bug sits next to still shows its own
+    symptom, excused, in its replay case."""
+    fork = fork_module(bug)
+    entries = [e for e in divergences.entries if e.id in bug.entries]
+    replays = [Case.from_blob(e.replay) for e in entries if bug.replay_checked]
+    unseen = {e.id for e in entries if bug.replay_checked}  # entries whose symptom must still show
+    shown = None
+    for case in [*replays, *drawn_cases(bug)]:
+        report = check_case(worlds(case.world_size), case, fork, divergences, count=False)
+        unseen -= set(report.excused_counts)
+        if shown is None:
+            shown = next((d for d in report.diffs if re.search(bug.shows, d.render())), None)
+            if shown is not None:
+                on_torch = check_case(worlds(case.world_size), case, "torch", divergences, count=False)
+                assert on_torch.passed, f"{bug.name}: torch itself diverges here:\n{on_torch.failure_message()}"
+        if shown is not None and not unseen:
+            break
+    assert shown is not None, f"{bug.name}: no drawn case showed an unexcused {bug.shows!r}"
+    assert not unseen, (
+        f"{bug.name}: on the fork, no case showed the excused symptom of {', '.join(sorted(unseen))}"
+    )

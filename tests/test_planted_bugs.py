@@ -16,20 +16,11 @@ spawned ranks inherit).
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 
-from conformance.case import Case
-from conformance.case_strategies import CASES
-from conformance.check import check_case
 from conformance.divergences import load_divergences
-from conformance.properties import with_unsupported_leaf
-from conformance.world import World
-from tests.planted import PlantedBug, fork_module, write_fork
-
-EXAMPLES = 80  # cases drawn per (utility, keyword arguments), at most; the bug must show among them
+from tests.planted import PlantedBug, assert_caught, fork_worlds, write_fork
 
 
 PLANTED: tuple[PlantedBug, ...] = (
@@ -262,54 +253,8 @@ _BY_NAME = {bug.name: bug for bug in PLANTED}
 
 
 @pytest.fixture(scope="module")
-def forks(tmp_path_factory):
-    """Every planted fork as a module ``sdc_planted_<name>`` on sys.path (for the ranks too)."""
-    where = tmp_path_factory.mktemp("planted")
-    for bug in PLANTED:
-        write_fork(where, bug)
-    sys.path.insert(0, str(where))
-    yield where
-    sys.path.remove(str(where))
-
-
-@pytest.fixture(scope="module")
-def worlds(forks):
-    opened: dict[int, World] = {}
-
-    def get(size: int) -> World:
-        if size not in opened:
-            opened[size] = World(size)
-        return opened[size]
-
-    yield get
-    for world in opened.values():
-        world.close()
-
-
-_CASES: dict[tuple, list[Case]] = {}
-
-
-def drawn_cases(bug: PlantedBug) -> list[Case]:
-    """EXAMPLES derandomized cases of the bug's utility on 2 ranks (shared by bugs alike)."""
-    key = (bug.utility, bug.kwargs, bug.unsupported)
-    if key not in _CASES:
-        found: list[Case] = []
-
-        @settings(
-            max_examples=EXAMPLES,
-            derandomize=True,
-            database=None,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=CASES[bug.utility]((2,)))
-        def collect(case: Case) -> None:
-            case = case.with_kwargs(**dict(bug.kwargs))
-            found.append(with_unsupported_leaf(case) if bug.unsupported else case)
-
-        collect()
-        _CASES[key] = found
-    return _CASES[key]
+def worlds(tmp_path_factory):
+    yield from fork_worlds(PLANTED, tmp_path_factory.mktemp("planted"))
 
 
 TORCH = load_divergences("torch")
@@ -317,26 +262,7 @@ TORCH = load_divergences("torch")
 
 @pytest.mark.parametrize("name", list(_BY_NAME))
 def test_planted_bug_is_caught_next_to_its_known_divergences(name, worlds):
-    bug = _BY_NAME[name]
-    fork = fork_module(bug)
-    entries = [e for e in TORCH.entries if e.id in bug.entries]
-    replays = [Case.from_blob(e.replay) for e in entries if bug.replay_checked]
-    unseen = {e.id for e in entries if bug.replay_checked}  # entries whose symptom must still show
-    shown = None
-    for case in [*replays, *drawn_cases(bug)]:
-        report = check_case(worlds(case.world_size), case, fork, TORCH, count=False)
-        unseen -= set(report.excused_counts)
-        if shown is None:
-            shown = next((d for d in report.diffs if re.search(bug.shows, d.render())), None)
-            if shown is not None:
-                on_torch = check_case(worlds(case.world_size), case, "torch", TORCH, count=False)
-                assert on_torch.passed, f"{name}: torch itself diverges here:\n{on_torch.failure_message()}"
-        if shown is not None and not unseen:
-            break
-    assert shown is not None, f"{name}: no drawn case showed an unexcused {bug.shows!r}"
-    assert not unseen, (
-        f"{name}: on the fork, no case showed the excused symptom of {', '.join(sorted(unseen))}"
-    )
+    assert_caught(_BY_NAME[name], worlds, TORCH)
 
 
 # --------------------------------------------------------------------------- end to end

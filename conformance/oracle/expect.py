@@ -16,6 +16,7 @@ from conformance.case import Case
 from conformance.materialise import sharded_chunks
 from conformance.observation import (
     ANY,
+    OUTPUT,
     Container,
     Outcome,
     RaisedObs,
@@ -23,7 +24,13 @@ from conformance.observation import (
     Tolerance,
     ValueObs,
 )
-from conformance.oracle.inputs import RankInputs, map_spec, tensor_obs, value_obs
+from conformance.oracle.inputs import (
+    RankInputs,
+    contiguous_stride,
+    map_spec,
+    tensor_obs,
+    value_obs,
+)
 from conformance.runner import FULL_ROOT, ROOT, global_specs, pg_ranks
 from strategies.placements import coordinate_of, split_over_mesh
 from strategies.spec import (
@@ -101,6 +108,37 @@ def _local_items(spec: Spec) -> LocalItems:
     return cast(LocalItems, cast(DictSpec, spec).items)
 
 
+def new_tree(tree: Any) -> Any:
+    """A result tree of a utility under CONTRACT rule 2: every container is a new object, and
+    each tensor shares storage with exactly the other outputs that alias the same input
+    storage (a new buffer with none). Sharing is left open when some leaf's aliasing is."""
+    leaves = list(_tensor_leaves(tree, ()))
+    decided = all(obs.aliases is not ANY for _, obs in leaves)
+
+    def rebuild(node: Any, path: Path) -> Any:
+        if isinstance(node, Container):
+            children = tuple(rebuild(c, (*path, k)) for k, c in zip(node.keys, node.children, strict=True))
+            # the empty tuple is a singleton in CPython: "new" cannot be told from "the same"
+            new = ANY if (node.kind, node.keys) == ("tuple", ()) else None
+            return replace(node, same_as=new, children=children)
+        if isinstance(node, TensorObs) and decided:
+            me = format_path(path, OUTPUT)
+            shares = tuple(p for p, o in leaves if p != me and o.aliases == node.aliases)
+            return replace(node, shares=() if node.aliases is None else shares)
+        return node
+
+    return rebuild(tree, ())
+
+
+def _tensor_leaves(node: Any, path: Path) -> Any:
+    """``(output path, TensorObs)`` of every tensor leaf of an expected tree, in tree order."""
+    if isinstance(node, Container):
+        for key, child in zip(node.keys, node.children, strict=True):
+            yield from _tensor_leaves(child, (*path, key))
+    elif isinstance(node, TensorObs):
+        yield format_path(path, OUTPUT), node
+
+
 def expected_outcomes(case: Case, utility: str | None = None) -> list[Outcome]:
     """Every rank's expected outcome of ``case`` (as a call of ``utility``, default the case's)."""
     expect = EXPECTATIONS[utility or case.utility]
@@ -121,8 +159,10 @@ def _gather(case: Case, rank: int) -> Outcome:
         return Outcome(_dropped(case.state_dict), untouched)
 
     def leaf(path: Path, spec: Leaf) -> Any:
-        if isinstance(spec, TensorSpec):
-            return tensor_obs(spec, inputs.local(spec, path))
+        if isinstance(spec, TensorSpec):  # the same object
+            return tensor_obs(
+                spec, inputs.local(spec, path), aliases=inputs.owner(spec, path), same_as=format_path(path, ROOT)
+            )
         if isinstance(spec, (DTensorSpec, ShardedTensorSpec)):
             tolerance = reduction_tolerance(spec) if isinstance(spec, DTensorSpec) else None
             full = inputs.global_value(spec, path)
@@ -133,11 +173,13 @@ def _gather(case: Case, rank: int) -> Outcome:
                 tuple(spec.tensor.shape),
                 full,
                 aliases=None,
+                same_as=None,
+                requires_grad=False,
                 tolerance=tolerance,
             )
-        return value_obs(spec, path)
+        return value_obs(spec, path, ROOT)
 
-    return Outcome(map_spec(case.state_dict, leaf), untouched)
+    return Outcome(new_tree(map_spec(case.state_dict, leaf)), untouched)
 
 
 def _offload(case: Case, rank: int) -> Outcome:
@@ -151,17 +193,19 @@ def _offload(case: Case, rank: int) -> Outcome:
         return Outcome(_dropped(case.state_dict), untouched)
 
     def leaf(path: Path, spec: Leaf) -> Any:
-        if isinstance(spec, TENSOR_SPECS):
-            return tensor_obs(spec, inputs.local(spec, path))
-        return value_obs(spec, path)
+        if isinstance(spec, TENSOR_SPECS):  # on CPU already: the same object
+            return inputs.tensor_obs(
+                spec, inputs.local(spec, path), aliases=inputs.owner(spec, path), same_as=format_path(path, ROOT)
+            )
+        return value_obs(spec, path, ROOT)
 
-    return Outcome(map_spec(case.state_dict, leaf), untouched)
+    return Outcome(new_tree(map_spec(case.state_dict, leaf)), untouched)
 
 
 def _dropped(spec: Spec) -> Any:
     """What a rank outside ranks_only gets: an empty dict of the input's kind, else None."""
     if isinstance(spec, DictSpec):
-        return Container("OrderedDict" if spec.kind == "ordered_dict" else "dict", (), ())
+        return Container("OrderedDict" if spec.kind == "ordered_dict" else "dict", (), (), same_as=None)
     return NONE
 
 
@@ -247,19 +291,24 @@ def _copy(case: Case, rank: int) -> Outcome:
 
     # The trees pair (no mismatch), so a tensor leaf's counterpart is a tensor leaf too.
     def written(path: Path, spec: Leaf) -> Any:
-        if isinstance(spec, TENSOR_SPECS):
+        if isinstance(spec, TENSOR_SPECS):  # the destination's tensor object, written
             target = cast(TensorLeaf, dest_leaves[path])
-            return tensor_obs(target, source.local(spec, path), aliases=dest.owner(target, path))
-        return value_obs(spec, path)
+            return dest.tensor_obs(
+                target,
+                source.local(spec, path),
+                aliases=dest.owner(target, path),
+                same_as=format_path(path, "copy_state_dict"),
+            )
+        return value_obs(spec, path, ROOT)
 
     def dest_after(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TENSOR_SPECS):
             data = source.local(cast(TensorLeaf, source.leaves[path]), path)
-            return tensor_obs(spec, data, aliases=dest.owner(spec, path))
+            return dest.tensor_obs(spec, data, aliases=dest.owner(spec, path))
         return dest.unchanged(path, spec)
 
     mutated = {ROOT: untouched[ROOT], "copy_state_dict": map_spec(other, dest_after)}
-    return Outcome(map_spec(case.state_dict, written), mutated)
+    return Outcome(new_tree(map_spec(case.state_dict, written)), mutated)
 
 
 def _create_cpu(case: Case, rank: int) -> Outcome:
@@ -273,17 +322,20 @@ def _create_cpu(case: Case, rank: int) -> Outcome:
         if isinstance(spec, TENSOR_SPECS):
             local = inputs.local(spec, path)
             holds_nothing = isinstance(spec, ShardedTensorSpec) and not inputs.owns_shard(spec)
-            return tensor_obs(
+            flat = isinstance(spec, ShardedTensorSpec)  # its local data is observed flattened
+            return inputs.tensor_obs(
                 spec,
                 None,  # contents unspecified
                 local_shape=None if holds_nothing else tuple(local.shape),
+                stride=ANY if flat else contiguous_stride(tuple(local.shape)),
                 aliases=None,
+                same_as=None,
                 pinned=ANY if holds_nothing else False,
                 shared=ANY if holds_nothing else share,
             )
-        return value_obs(spec, path)
+        return value_obs(spec, path, ROOT)
 
-    return Outcome(map_spec(case.state_dict, leaf), untouched)
+    return Outcome(new_tree(map_spec(case.state_dict, leaf)), untouched)
 
 
 def _similarity(case: Case, rank: int) -> Outcome:
@@ -469,7 +521,19 @@ def _all_gather_sharded(case: Case, rank: int) -> Outcome:
     inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
     spec = cast(ShardedTensorSpec, case.state_dict)  # all_gather_sharded_cases: one ShardedTensor
     full = inputs.global_value(spec, ())
-    result = TensorObs("Tensor", "cpu", spec.tensor.dtype, tuple(spec.tensor.shape), full, aliases=None)
+    shape = tuple(spec.tensor.shape)
+    result = TensorObs(
+        "Tensor",
+        "cpu",
+        spec.tensor.dtype,
+        shape,
+        full,
+        stride=contiguous_stride(shape),
+        aliases=None,
+        same_as=None,
+        shares=(),
+        requires_grad=False,
+    )
     return Outcome(result, {ROOT: inputs.observe_all()})
 
 

@@ -7,6 +7,7 @@ expected observation of an argument that a utility must leave untouched.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -64,14 +65,22 @@ def map_spec(
     return leaf_fn(path, spec)
 
 
-def value_obs(leaf: ValueSpec | BytesIOSpec | UnsupportedSpec, path: Path) -> ValueObs:
-    """The observation of a non-tensor leaf (unsupported objects observed by their repr)."""
+def value_obs(leaf: ValueSpec | BytesIOSpec | UnsupportedSpec, path: Path, root: str | None = None) -> ValueObs:
+    """The observation of a non-tensor leaf (unsupported objects observed by their repr). A
+    BytesIO is never read or seeked (position 0). With ``root``, the leaf is in a result that
+    passes non-tensor leaves through (CONTRACT rule 3): a BytesIO is the input object at
+    ``path`` under ``root``, an unsupported object a deep copy (a new object)."""
     if isinstance(leaf, ValueSpec):
         return ValueObs(type(leaf.value).__name__, leaf.value)
     if isinstance(leaf, BytesIOSpec):
-        return ValueObs("BytesIO", leaf.data)
+        same = {} if root is None else {"same_as": format_path(path, root)}
+        return ValueObs("BytesIO", leaf.data, position=0, **same)
     value = unsupported_value(leaf.kind, path)
-    return ValueObs(type(value).__name__, repr(value))
+    if root is None:
+        return ValueObs(type(value).__name__, repr(value))
+    # deepcopy returns an immutable atom (a complex number, ...) itself
+    copied_is_same = copy.deepcopy(value) is value
+    return ValueObs(type(value).__name__, repr(value), same_as=format_path(path, root) if copied_is_same else None)
 
 
 class RankInputs:
@@ -124,6 +133,13 @@ class RankInputs:
             return torch.cat(shards) if shards else torch.empty(0, dtype=full.dtype)
         raise TypeError(f"not a tensor leaf: {leaf!r}")
 
+    def tensor_obs(self, leaf: TensorLeaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:
+        """:func:`tensor_obs` with a ShardedTensor's layout (metadata and local shard shapes)
+        as this rank sees it."""
+        if isinstance(leaf, ShardedTensorSpec):
+            facts = {**sharded_layout(leaf, self.rank, self.world_size), **facts}
+        return tensor_obs(leaf, data, **facts)
+
     def owns_shard(self, leaf: ShardedTensorSpec) -> bool:
         return any(owner == self.rank for owner, _, _ in sharded_chunks(leaf, self.world_size))
 
@@ -137,10 +153,29 @@ class RankInputs:
         """The observation of an input leaf that was left as it was."""
         if not isinstance(leaf, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
             return value_obs(leaf, path)
-        return tensor_obs(leaf, self.local(leaf, path), aliases=self.owner(leaf, path), keep_stride=True)
+        return self.tensor_obs(leaf, self.local(leaf, path), aliases=self.owner(leaf, path), keep_stride=True)
 
     def observe_all(self) -> Any:
         return map_spec(self.spec, self.unchanged)
+
+
+def sharded_layout(leaf: ShardedTensorSpec, rank: int, world_size: int) -> dict[str, Any]:
+    """The ``shards`` (sorted offsets, sizes, rank of the metadata) and ``local_shapes`` (the
+    shapes of ``rank``'s shards, by offset) a ShardedTensor of ``leaf``'s layout has."""
+    shards = []
+    for owner, start, length in sharded_chunks(leaf, world_size):
+        offsets = [0] * len(leaf.tensor.shape)
+        offsets[leaf.dim] = start
+        sizes = list(leaf.tensor.shape)
+        sizes[leaf.dim] = length
+        shards.append((tuple(offsets), tuple(sizes), owner))
+    shards.sort()
+    return {"shards": tuple(shards), "local_shapes": tuple(s for _, s, owner in shards if owner == rank)}
+
+
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The stride of a new contiguous tensor of ``shape``."""
+    return tuple(torch.empty(shape, device="meta").stride())
 
 
 def tensor_obs(leaf: TensorLeaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:
@@ -157,6 +192,7 @@ def tensor_obs(leaf: TensorLeaf, data: torch.Tensor | None, **facts: Any) -> Ten
         "dtype": tensor.dtype,
         "shape": tuple(tensor.shape),
         "data": None if data is None else data.clone(),
+        "requires_grad": False,  # no input requires grad, and no utility makes an output do so
     }
     if keep_stride and data is not None and not isinstance(leaf, ShardedTensorSpec):
         base["stride"] = tuple(data.stride())

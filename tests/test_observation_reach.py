@@ -1,0 +1,119 @@
+"""Every effect is observed: a fork that gets one of them wrong fails with ``--expected torch``.
+
+Each bug below passed the ci profile before the observation covered it (issue 10): outputs of
+``create_cpu_state_dict`` sharing one buffer, a result that *is* its input container, a
+``BytesIO`` leaf copied or read to its end, gathered tensors requiring grad, new buffers that
+are not contiguous, ShardedTensor local shards of the wrong shape, and a loading bug that
+shows only on a mesh with two dims larger than 1. Forks are judged with torch's own
+known-divergence file, so a bug is caught only by a difference no entry excuses.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.divergences import load_divergences
+from tests.planted import PlantedBug, assert_caught, fork_worlds
+
+CREATE_NEW_BUFFER = "        else:\n            return torch.empty(*tuple(obj.size()), dtype=obj.dtype)\n"
+PASS_THROUGH = "        ret = iter_object\n    elif isinstance(iter_object, dict):\n"
+
+OBSERVATION_BUGS: tuple[PlantedBug, ...] = (
+    PlantedBug(
+        "create-cpu-outputs-share-one-buffer",
+        (),
+        "create_cpu_state_dict",
+        CREATE_NEW_BUFFER,
+        "        else:\n"
+        "            cache = _create_cpu_state_dict.__dict__.setdefault('buffers', {})\n"
+        "            key = (tuple(obj.size()), obj.dtype)\n"
+        "            if key not in cache:\n"
+        "                cache[key] = torch.empty(*tuple(obj.size()), dtype=obj.dtype)\n"
+        "            return cache[key]\n",
+        r"shares storage with is output",
+    ),
+    PlantedBug(
+        "offload-returns-its-input",
+        (),
+        "offload_state_dict_to_cpu",
+        "        type_check=type_check,\n    )\n    return ret\n\n\n@torch.no_grad()\ndef _copy_state_dict(",
+        "        type_check=type_check,\n    )\n    return state_dict\n\n\n@torch.no_grad()\ndef _copy_state_dict(",
+        r"^rank \d, state_dict: is the input object state_dict, expected a new object",
+    ),
+    PlantedBug(
+        "gather-copies-bytesio",
+        (),
+        "gather_state_dict",
+        PASS_THROUGH,
+        "        ret = io.BytesIO(iter_object.getvalue()) if isinstance(iter_object, io.BytesIO) else iter_object\n"
+        "    elif isinstance(iter_object, dict):\n",
+        r"is a new object, expected the input object state_dict",
+    ),
+    PlantedBug(
+        "gather-reads-bytesio",
+        (),
+        "gather_state_dict",
+        PASS_THROUGH,
+        "        ret = iter_object\n"
+        "        if isinstance(iter_object, io.BytesIO):\n"
+        "            iter_object.read()\n"
+        "    elif isinstance(iter_object, dict):\n",
+        r"position is \d+, expected 0",
+    ),
+    PlantedBug(
+        "gather-requires-grad",
+        (),
+        "gather_state_dict",
+        "        if isinstance(value, AsyncCollectiveTensor):\n            value = value.wait()\n        return value\n",
+        "        if isinstance(value, AsyncCollectiveTensor):\n            value = value.wait()\n"
+        "        if value.is_floating_point():\n"
+        "            value = value.detach().requires_grad_()\n"
+        "        return value\n",
+        r"requires_grad is True, expected False",
+    ),
+    PlantedBug(
+        "create-cpu-buffers-not-contiguous",
+        (),
+        "create_cpu_state_dict",
+        CREATE_NEW_BUFFER,
+        "        else:\n"
+        "            size = tuple(obj.size())\n"
+        "            t = torch.empty(*reversed(size), dtype=obj.dtype)\n"
+        "            return t.permute(*reversed(range(len(size))))\n",
+        r"stride is",
+    ),
+    PlantedBug(
+        "create-cpu-sharded-shards-flattened",
+        (),
+        "create_cpu_state_dict",
+        "            shards.tensor = tensor_func(shards.tensor, pg, device, None)\n",
+        "            shards.tensor = tensor_func(shards.tensor.reshape(-1), pg, device, None)\n",
+        r"local_shapes is",
+    ),
+    PlantedBug(
+        "distribute-2d-mesh-placements-swapped",
+        (),
+        "distribute_state_dict",
+        "                    local_state.device_mesh,\n                    local_state.placements,\n                )\n",
+        "                    local_state.device_mesh,\n"
+        "                    local_state.placements\n"
+        "                    if min(local_state.device_mesh.shape) < 2\n"
+        "                    else local_state.placements[::-1],\n"
+        "                )\n",
+        r"local_state_dict\[.*(data differs|placements is)",
+        world_sizes=(2, 4),
+    ),
+)
+
+_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS}
+TORCH = load_divergences("torch")
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+    yield from fork_worlds(OBSERVATION_BUGS, tmp_path_factory.mktemp("observation"))
+
+
+@pytest.mark.parametrize("name", list(_BY_NAME))
+def test_an_effect_the_fork_gets_wrong_is_caught(name, worlds):
+    assert_caught(_BY_NAME[name], worlds, TORCH)
