@@ -38,8 +38,13 @@ _pressed: list[float] = []  # when Ctrl-C was pressed
 
 
 def install_interrupt_handler() -> None:
-    """Ctrl-C stops the command within INTERRUPT_GRACE seconds wherever it lands (even in a
-    frame that swallows KeyboardInterrupt, such as a gc callback); a second one at once."""
+    """Ctrl-C stops the command within INTERRUPT_GRACE seconds of its arrival wherever it
+    lands (even in a frame that swallows KeyboardInterrupt, such as a gc callback, or in a
+    long C call that delays Python's handler); a second one stops it at once.
+
+    The countdown does not wait for the main thread: the C-level signal handler writes to a
+    wakeup pipe, and a watcher thread starts the countdown (or stops hard) when it reads it.
+    """
     import signal
     import threading
 
@@ -47,13 +52,30 @@ def install_interrupt_handler() -> None:
 
     def on_sigint(signum: int, frame: object) -> None:
         pressed.append(time.monotonic())
-        if len(pressed) > 1:
-            _stop_hard()
-        timer = threading.Timer(INTERRUPT_GRACE, _stop_hard)
-        timer.daemon = True
-        timer.start()
         raise KeyboardInterrupt
 
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def watch() -> None:
+        arrived = 0
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except OSError:
+                return
+            for number in data:
+                if number != signal.SIGINT:
+                    continue
+                arrived += 1
+                if arrived > 1:
+                    _stop_hard()
+                timer = threading.Timer(INTERRUPT_GRACE, _stop_hard)
+                timer.daemon = True
+                timer.start()
+
+    threading.Thread(target=watch, daemon=True, name="sdc-interrupt-watch").start()
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, on_sigint)
 
 

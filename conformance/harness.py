@@ -96,14 +96,20 @@ def register_placements(references: tuple[str, ...]) -> None:
 
 
 def warm_up(target_name: str) -> None:
-    """World setup job: import the target and the DTensor / ShardedTensor machinery once,
-    before the first case (a first case that imports them can take seconds on a busy machine)."""
-    import torch.distributed._shard.sharded_tensor
-    import torch.distributed.tensor  # noqa: F401
+    """World setup job: import the target and the DTensor / ShardedTensor machinery once, and
+    build one DTensor (its first construction imports torch._dynamo lazily), before the first
+    case: on a busy machine these take longer than a case may."""
+    import torch
+    import torch.distributed._shard.sharded_tensor  # noqa: F401
+    from torch.distributed.tensor import DTensor, Replicate
 
     import conformance.runner  # noqa: F401
+    from conformance.world import context
 
     load_target(target_name)
+    ctx = context()
+    mesh = ctx.mesh((ctx.world_size,))
+    DTensor.from_local(torch.zeros(1, device=ctx.device), mesh, [Replicate()], run_check=False)
 
 
 _active: HarnessConfig | None = None

@@ -658,11 +658,13 @@ def harness_world(harness: Any, size: int) -> TorchrunWorld:
         raise WorldUnavailable(
             f"the torchrun world uses backend {world.backend} but the suite asked for {config.backend}"
         )
-    world.job_timeout = config.case_timeout
     if not world._set_up:
+        # setup (imports, the first meshes) gets a world start's allowance, not a case's
+        world.job_timeout = max(config.case_timeout, _world.DEFAULT_START_TIMEOUT)
         for fn, args in harness.setup_jobs():
             world.run(fn, *args)
         world._set_up = True
+    world.job_timeout = config.case_timeout
     return world
 
 

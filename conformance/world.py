@@ -30,6 +30,7 @@ from conformance.progress import ProgressWatch, cpu_seconds
 
 DEFAULT_JOB_TIMEOUT = 30.0
 # After one rank raises, the others get this long to finish before the world is killed.
+DEFAULT_START_TIMEOUT = 120.0  # seconds for a world to start and run its setup jobs
 DEFAULT_ERROR_GRACE = 5.0
 # A rank still computing when its deadline passes (conformance.progress) is waited for until
 # it has used this many times the job timeout in CPU-seconds: slow is not hung, but a spin is.
@@ -292,7 +293,7 @@ class World:
         *,
         job_timeout: float = DEFAULT_JOB_TIMEOUT,
         error_grace: float = DEFAULT_ERROR_GRACE,
-        start_timeout: float = 120.0,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
         setup: tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...] = (),
     ) -> None:
         if not isinstance(size, int) or not 1 <= size <= MAX_WORLD_SIZE:

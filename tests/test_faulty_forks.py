@@ -46,12 +46,16 @@ CRASH = PlantedBug(
 LIMIT = 300  # seconds; the figures on a quiet machine are far lower (bench_faults.py)
 
 
-def run_fork(bug: PlantedBug, tmp_path) -> tuple[int, str, dict, list[str]]:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "conformance"]
+
+
+def run_fork(bug: PlantedBug, tmp_path, launcher: str = "spawn") -> tuple[int, str, dict, list[str]]:
     """Exit status, output, JSON report, and processes of the run's session still alive."""
     fork = write_fork(tmp_path, bug)
     report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "conformance"] if launcher == "spawn" else TORCHRUN
     args = [
-        sys.executable, "-m", "conformance", "run", "--target", fork, "--expected", "torch",
+        *command, "run", "--target", fork, "--expected", "torch", "--launcher", launcher,
         "--only", "gather_state_dict,copy_state_dict", "--world-sizes", "2", "--case-timeout", "10",
         "--max-examples", "10", "--profile", "ci", "--json", str(report),
     ]  # fmt: skip
@@ -97,4 +101,20 @@ def test_a_fork_that_kills_a_rank_ends_with_its_exit_and_last_words(tmp_path):
     assert _failing(report) == {"gather_state_dict"}, out[-3000:]
     assert "crash on rank(s) 1" in out and "exited with status 3" in out, out[-3000:]
     assert "rank 1 gives up" in out, out[-3000:]  # the dead rank's last stderr lines
+    assert not left, left
+
+
+@pytest.mark.parametrize("bug", [HANG, CRASH], ids=lambda bug: bug.name)
+def test_under_torchrun_a_faulty_fork_stops_the_run_and_blames_gather(bug, tmp_path):
+    """A torchrun world cannot restart: the run stops at the fault, with the report naming
+    ``gather_state_dict`` (not the health check or the next case) and where the rank was."""
+    code, out, report, left = run_fork(bug, tmp_path, launcher="torchrun")
+    assert code == 1, out[-3000:]
+    assert _failing(report) == {"gather_state_dict"}, out[-3000:]
+    assert "torchrun world lost: job" in out and "(run_case: gather_state_dict(" in out, out[-3000:]
+    if bug is HANG:
+        line = planted_source(HANG).splitlines().index("        time.sleep(3600)  # planted hang") + 1
+        assert f"line {line} in _gather_state_dict" in out, out[-4000:]
+    else:
+        assert "crash on rank(s) 1" in out and "rank 1 gives up" in out, out[-3000:]
     assert not left, left
