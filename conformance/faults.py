@@ -70,12 +70,19 @@ def collect_stacks(pids: dict[int, int], logdir: str, generation: int, wait: flo
 
 
 def stderr_tail(logdir: str, generation: int, rank: int, lines: int = TAIL_LINES) -> str:
-    """The last ``lines`` lines a rank wrote to stderr ('' when it wrote none)."""
+    """The last ``lines`` lines a rank wrote to stderr ('' when it wrote none). When the rank
+    died of a fatal error (gloo's abort), the lines before Python's fatal-error dump come
+    first: they say why (the C++ exception), the dump only where."""
     try:
         text = stderr_path(logdir, generation, rank).read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    all_lines = text.rstrip().splitlines()
+    fatal = next((i for i, line in enumerate(all_lines) if line.startswith("Fatal Python error")), None)
+    if fatal is None or fatal >= len(all_lines) - lines:
+        return "\n".join(all_lines[-lines:])
+    cause = all_lines[max(0, fatal - 5) : fatal + 1]
+    return "\n".join([*cause, "...", *all_lines[-(lines - len(cause) - 1) :]])
 
 
 def trim_stack(text: str) -> str:
