@@ -5,7 +5,13 @@ placements. Pure data; nothing here touches a process group.
 - :mod:`strategies.placements`: the placement registry and single-process placement models.
 - :mod:`strategies.values`: deterministic tensor values for specs.
 - :mod:`strategies.tensors`, :mod:`strategies.trees`: the Hypothesis strategies.
+- :mod:`strategies.stable`: draws depend only on strategies and seed (applied on import).
 """
+
+from strategies.stable import freeze_local_constants
+
+freeze_local_constants()
+
 
 from strategies.placements import (
     BUILTIN_PLACEMENTS,

@@ -3,7 +3,6 @@ DTensors and ShardedTensors."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -103,7 +102,6 @@ def mesh_factorisations(world_size: int, *, min_dims: int = 1, max_dims: int = 3
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=None)
 def mesh_shapes(
     world_size: int, *, min_dims: int = 1, max_dims: int = 3
 ) -> st.SearchStrategy[tuple[int, ...]]:

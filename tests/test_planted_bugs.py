@@ -95,6 +95,7 @@ PLANTED: tuple[PlantedBug, ...] = (
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
         "            else:\n                local_state_dict[key] = torch.zeros_like(value).to(device)\n",
         r"local_state_dict\[.*data differs",
+        examples=250,  # plain-tensor local entries are one local kind in five
     ),
     PlantedBug(
         "broadcast-cpu-offload-zeroes",
@@ -238,6 +239,7 @@ PLANTED: tuple[PlantedBug, ...] = (
         "                if value.dtype == torch.int32:\n"
         "                    local_state_dict[key] = local_state_dict[key].double()\n",
         r"dtype is torch\.float64, expected torch\.int32",
+        examples=250,  # plain-tensor local entries are one local kind in five
     ),
     PlantedBug(
         "create-cpu-dtensor-flattened",
