@@ -4,7 +4,9 @@
 failures) and gets SIGINT at 20 moments drawn from a fixed seed: during start-up, drawing,
 running cases, shrinking, saving, garbage collection, wherever it lands. Each time the
 process must be gone within 5 s, leave no rank behind, and every failure it announced as
-saved must be a readable case file.
+saved must be a readable case file. On a machine whose run queue is longer than its cores
+(``nox -s loaded`` puts 4 busy processes next to the suite) every process runs that many
+times slower, so the bound grows with the load measured at the moment (:func:`stop_bound`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from tests.processes import alive_in_session
 from tests.test_cli import ROOT
 
 MOMENTS = 20
-STOP_WITHIN = 5.0
+STOP_WITHIN = 5.0  # seconds, on a machine with a core free for every runnable process
+
+
+def stop_bound() -> float:
+    """STOP_WITHIN scaled by how oversubscribed the CPUs are right now (1 when they are not)."""
+    return STOP_WITHIN * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 def test_sigint_stops_fuzz_within_seconds_keeping_its_findings(tmp_path):
@@ -66,8 +73,11 @@ def test_sigint_stops_fuzz_within_seconds_keeping_its_findings(tmp_path):
             proc.communicate()
             raise AssertionError(f"fuzz ignored Ctrl-C sent {moment}s after its start") from None
         took = time.monotonic() - sent
-        if took > STOP_WITHIN:
-            slow.append(f"SIGINT at {moment}s: stopped after {took:.1f}s; its last words: {err[-600:]}")
+        if took > (bound := stop_bound()):
+            slow.append(
+                f"SIGINT at {moment}s: stopped after {took:.1f}s (bound {bound:.1f}s at this load); "
+                f"its last words: {err[-600:]}"
+            )
         for saved in re.findall(r"saved to (\S+\.json)", err):
             record = json.loads(Path(saved).read_text())
             assert record["replay"].startswith("python -m conformance replay"), saved
