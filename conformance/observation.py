@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from strategies.spec import format_path
+
 # Expected facts may be left open: the oracle uses ANY where the contract does not decide.
 ANY: Any = "<any>"
 
@@ -31,7 +33,7 @@ class Container:
     kind: str  # "dict", "OrderedDict", "list", "tuple", or "namedtuple:<Name>"
     keys: tuple[Any, ...]  # dict keys in order, or indices for sequences
     children: tuple[Any, ...]
-    same_as: str | None | Any = ANY  # path of the input container it *is*, else None
+    same_as: str | Any | None = ANY  # path of the input container it *is*, else None
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class TensorObs:
     aliases: str | Any | None = ANY  # path of the input leaf whose storage it shares, else None
     pinned: bool | Any = ANY
     shared: bool | Any = ANY
-    same_as: str | None | Any = ANY  # path of the input tensor it *is*, else None
+    same_as: str | Any | None = ANY  # path of the input tensor it *is*, else None
     shares: tuple[str, ...] | Any = ANY  # output paths of the other outputs sharing its storage
     requires_grad: bool | Any = ANY
     shards: tuple[tuple, ...] | Any = ANY  # ShardedTensor: sorted (offsets, sizes, rank) of metadata
@@ -60,7 +62,7 @@ class TensorObs:
 class ValueObs:
     type_name: str
     value: Any  # the value itself (bytes for BytesIO contents)
-    same_as: str | None | Any = ANY  # BytesIO / unsupported objects: the input object it *is*
+    same_as: str | Any | None = ANY  # BytesIO / unsupported objects: the input object it *is*
     position: int | Any = ANY  # BytesIO: the stream position after the call
 
 
@@ -107,10 +109,6 @@ def describe_placement(placement: Any) -> str:
 
 OUTPUT = "output"  # the root of paths in a call's result (``shares``)
 _SCALARS = (type(None), bool, int, float, str, bytes)
-
-
-def _path_text(root: str, path: tuple) -> str:
-    return root + "".join(f"[{key!r}]" for key in path)
 
 
 def storage_of(value: Any) -> int | None:
@@ -162,16 +160,15 @@ class Observer:
         for root, value in arguments.items():
             for path, node in walk(value):
                 if not isinstance(node, _SCALARS) and not _empty_tuple(node):
-                    self.objects.setdefault(id(node), _path_text(root, path))
+                    self.objects.setdefault(id(node), format_path(path, root))
                     self._inputs.append(node)
 
     def observe_result(self, value: Any) -> Any:
         """The observation of a call's result, with ``same_as`` and ``shares``."""
         sharing: dict[int, list[str]] = {}
         for path, node in walk(value):
-            ptr = storage_of(node) if isinstance(node, torch.Tensor) or _is_sharded(node) else None
-            if ptr is not None:
-                sharing.setdefault(ptr, []).append(_path_text(OUTPUT, path))
+            if (ptr := storage_of(node)) is not None:
+                sharing.setdefault(ptr, []).append(format_path(path, OUTPUT))
         self._sharing = sharing
         try:
             return self._observe(value, ())
@@ -193,7 +190,7 @@ class Observer:
         ptr = storage_of(value)
         if ptr is None:
             return {"shares": ()}
-        me = _path_text(OUTPUT, path)
+        me = format_path(path, OUTPUT)
         return {"shares": tuple(p for p in self._sharing.get(ptr, ()) if p != me)}
 
     def _observe(self, value: Any, path: tuple | None) -> Any:
@@ -203,7 +200,8 @@ class Observer:
         def child(key: Any) -> tuple | None:
             return None if path is None else (*path, key)
 
-        identity = {**self._identity(value, path), **self._shares(value, path)}
+        if isinstance(value, torch.Tensor):  # ShardedTensor and DTensor included
+            identity = {**self._identity(value, path), **self._shares(value, path)}
         if isinstance(value, ShardedTensor):
             shards = sorted(value.local_shards(), key=lambda s: tuple(s.metadata.shard_offsets))
             shard_tensors = [s.tensor for s in shards]
@@ -281,12 +279,6 @@ class Observer:
 def _empty_tuple(value: Any) -> bool:
     """``()`` is a singleton in CPython: every empty tuple "is" every other one."""
     return type(value) is tuple and not value
-
-
-def _is_sharded(value: Any) -> bool:
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-
-    return isinstance(value, ShardedTensor)
 
 
 def shard_layout(value: Any) -> tuple[tuple, ...]:
