@@ -100,7 +100,7 @@ def warm_up(target_name: str) -> None:
     build one DTensor (its first construction imports torch._dynamo lazily), before the first
     case: on a busy machine these take longer than a case may."""
     import torch
-    import torch.distributed._shard.sharded_tensor  # noqa: F401
+    import torch.distributed._shard.sharded_tensor
     from torch.distributed.tensor import DTensor, Replicate
 
     import conformance.runner  # noqa: F401

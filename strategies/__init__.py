@@ -8,11 +8,6 @@ placements. Pure data; nothing here touches a process group.
 - :mod:`strategies.stable`: draws depend only on strategies and seed (applied on import).
 """
 
-from strategies.stable import freeze_local_constants
-
-freeze_local_constants()
-
-
 from strategies.placements import (
     BUILTIN_PLACEMENTS,
     PlacementModel,
@@ -150,3 +145,7 @@ __all__ = [
     "unregister_placement",
     "view_in_layout",
 ]
+
+from strategies.stable import freeze_local_constants
+
+freeze_local_constants()

@@ -26,7 +26,6 @@ from conformance.properties import with_unsupported_leaf
 from conformance.world import World
 
 
-
 @dataclass(frozen=True)
 class PlantedBug:
     name: str

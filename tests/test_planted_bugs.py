@@ -22,7 +22,6 @@ import pytest
 from conformance.divergences import load_divergences
 from tests.planted import PlantedBug, assert_caught, fork_worlds, write_fork
 
-
 PLANTED: tuple[PlantedBug, ...] = (
     PlantedBug(
         "offload-reverses-keys",

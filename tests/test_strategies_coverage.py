@@ -180,7 +180,12 @@ def _case_features(cases) -> dict[str, tuple[int, int]]:
     """(hits, of) for each feature of MIN_RATES over ``cases``."""
     counts = {name: [0, 0] for name in MIN_RATES}
     for case in cases:
-        leaves = [leaf for spec in (case.state_dict, case.other) if spec is not None for _, leaf in iter_leaves(spec)]
+        leaves = [
+            leaf
+            for spec in (case.state_dict, case.other)
+            if spec is not None
+            for _, leaf in iter_leaves(spec)
+        ]
         dtensors = [leaf for leaf in leaves if isinstance(leaf, DTensorSpec)]
         if case.world_size == 4 and dtensors:
             multi = [d for d in dtensors if sum(side > 1 for side in d.mesh_shape) >= 2]
@@ -209,5 +214,7 @@ def test_suite_cases_reach_each_feature_at_a_stated_rate(capsys) -> None:
         print(f"\n{'feature':<72} {'rate':>6} {'min':>5}   hits/of")
         for name, (hits, of) in rates.items():
             print(f"{name:<72} {hits / max(of, 1):>6.2f} {MIN_RATES[name]:>5.2f}   {hits}/{of}")
-    low = {name: f"{hits}/{of}" for name, (hits, of) in rates.items() if not of or hits / of < MIN_RATES[name]}
+    low = {
+        name: f"{hits}/{of}" for name, (hits, of) in rates.items() if not of or hits / of < MIN_RATES[name]
+    }
     assert not low, f"drawn below the stated rate: {low}"

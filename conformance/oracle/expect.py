@@ -161,7 +161,10 @@ def _gather(case: Case, rank: int) -> Outcome:
     def leaf(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TensorSpec):  # the same object
             return tensor_obs(
-                spec, inputs.local(spec, path), aliases=inputs.owner(spec, path), same_as=format_path(path, ROOT)
+                spec,
+                inputs.local(spec, path),
+                aliases=inputs.owner(spec, path),
+                same_as=format_path(path, ROOT),
             )
         if isinstance(spec, (DTensorSpec, ShardedTensorSpec)):
             tolerance = reduction_tolerance(spec) if isinstance(spec, DTensorSpec) else None
@@ -195,7 +198,10 @@ def _offload(case: Case, rank: int) -> Outcome:
     def leaf(path: Path, spec: Leaf) -> Any:
         if isinstance(spec, TENSOR_SPECS):  # on CPU already: the same object
             return inputs.tensor_obs(
-                spec, inputs.local(spec, path), aliases=inputs.owner(spec, path), same_as=format_path(path, ROOT)
+                spec,
+                inputs.local(spec, path),
+                aliases=inputs.owner(spec, path),
+                same_as=format_path(path, ROOT),
             )
         return value_obs(spec, path, ROOT)
 

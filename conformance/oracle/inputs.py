@@ -65,7 +65,9 @@ def map_spec(
     return leaf_fn(path, spec)
 
 
-def value_obs(leaf: ValueSpec | BytesIOSpec | UnsupportedSpec, path: Path, root: str | None = None) -> ValueObs:
+def value_obs(
+    leaf: ValueSpec | BytesIOSpec | UnsupportedSpec, path: Path, root: str | None = None
+) -> ValueObs:
     """The observation of a non-tensor leaf (unsupported objects observed by their repr). A
     BytesIO is never read or seeked (position 0). With ``root``, the leaf is in a result that
     passes non-tensor leaves through (CONTRACT rule 3): a BytesIO is the input object at
@@ -80,7 +82,9 @@ def value_obs(leaf: ValueSpec | BytesIOSpec | UnsupportedSpec, path: Path, root:
         return ValueObs(type(value).__name__, repr(value))
     # deepcopy returns an immutable atom (a complex number, ...) itself
     copied_is_same = copy.deepcopy(value) is value
-    return ValueObs(type(value).__name__, repr(value), same_as=format_path(path, root) if copied_is_same else None)
+    return ValueObs(
+        type(value).__name__, repr(value), same_as=format_path(path, root) if copied_is_same else None
+    )
 
 
 class RankInputs:
