@@ -20,7 +20,7 @@ from strategies.spec import (
     iter_leaves,
     replace_leaves,
 )
-from strategies.tensors import GLOO_DTYPES, placements_for, sharded_tensor_specs, tensor_specs
+from strategies.tensors import TREE_DTYPES, placements_for, sharded_tensor_specs, tensor_specs
 from strategies.trees import flat_state_dict_specs, model_optim_state_dicts, state_dict_specs
 
 # Placements of local DTensors that loading utilities fill from a full tensor.
@@ -46,7 +46,14 @@ def ranks_only_for(world_size: int) -> st.SearchStrategy[tuple[int, ...]]:
 PGS = st.sampled_from([None, "world", "copy"])
 
 
+def optional(strategy: st.SearchStrategy) -> st.SearchStrategy:
+    """A keyword argument that is omitted (None: the utility's default applies) as often as it
+    is passed, so that a fork which changes a default fails."""
+    return st.one_of(st.none(), strategy)
+
+
 def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
+    """The passed keyword arguments (None: omitted)."""
     return tuple((k, v) for k, v in drawn.items() if v is not None)
 
 
@@ -55,9 +62,9 @@ def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
     kwargs = _kwargs(
-        cpu_offload=draw(st.booleans()),
-        ranks_only=draw(ranks_only_for(ws)),
-        type_check=draw(st.booleans()),
+        cpu_offload=draw(optional(st.booleans())),
+        ranks_only=draw(optional(ranks_only_for(ws))),
+        type_check=draw(optional(st.booleans())),
         pg=draw(PGS),
     )
     return Case("gather_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
@@ -67,7 +74,7 @@ def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 def offload_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
-    kwargs = _kwargs(ranks_only=draw(ranks_only_for(ws)), type_check=draw(st.booleans()))
+    kwargs = _kwargs(ranks_only=draw(optional(ranks_only_for(ws))), type_check=draw(optional(st.booleans())))
     return Case("offload_state_dict_to_cpu", ws, draw(SEEDS), sd, kwargs=kwargs)
 
 
@@ -163,7 +170,7 @@ def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     dest = without_views(sd)
     if draw(st.integers(0, 3), label="mismatch") == 0:
         dest = draw(altered(dest))
-    kwargs = _kwargs(non_blocking=draw(st.booleans()), type_check=draw(st.booleans()))
+    kwargs = _kwargs(non_blocking=draw(optional(st.booleans())), type_check=draw(optional(st.booleans())))
     return Case("copy_state_dict", ws, draw(SEEDS), sd, other=dest, kwargs=kwargs)
 
 
@@ -172,8 +179,8 @@ def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws), label="state_dict")
     kwargs = _kwargs(
-        pin_memory=draw(st.sampled_from([False, False, False, True])),
-        share_memory=draw(st.booleans()),
+        pin_memory=draw(st.sampled_from([None, None, False, True])),
+        share_memory=draw(optional(st.booleans())),
     )
     return Case("create_cpu_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
 
@@ -234,7 +241,7 @@ def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 @st.composite
 def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
-    spec = draw(sharded_tensor_specs(ws), label="sharded tensor")
+    spec = draw(sharded_tensor_specs(ws, dtypes=TREE_DTYPES), label="sharded tensor")
     return Case("all_gather_sharded_tensor", ws, draw(SEEDS), spec, kwargs=_kwargs(pg=draw(PGS)))
 
 
@@ -242,7 +249,7 @@ def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Cas
 def full_state_dicts(draw: st.DrawFn, world_size: int) -> DictSpec:
     """A flat full state dict: plain tensors (0-d included, same on every rank) and values."""
     leaves = st.one_of(
-        tensor_specs(per_rank=False, dtypes=GLOO_DTYPES),
+        tensor_specs(per_rank=False, dtypes=TREE_DTYPES),
         st.builds(
             ValueSpec,
             st.one_of(st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=3), st.none()),
@@ -291,7 +298,9 @@ def broadcast_cases(
         # "tail": a subgroup without global rank 0 (so its source is global rank 1); DTensors
         # live on meshes over every rank, so such cases hold plain tensors only
         pg = draw(st.sampled_from([None, "world", "copy", "tail"]), label="pg")
-        kwargs = _kwargs(strict=draw(st.booleans()), cpu_offload=draw(st.booleans()), pg=pg)
+        kwargs = _kwargs(
+            strict=draw(optional(st.booleans())), cpu_offload=draw(optional(st.booleans())), pg=pg
+        )
     else:
         pg = draw(PGS)
         kwargs = _kwargs(pg=pg)
@@ -326,10 +335,12 @@ def distribute_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Cas
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     mesh_shape = draw(mesh_shapes(ws))
     names = draw(st.lists(st.sampled_from(["w", "b", "emb", "head"]), min_size=1, unique=True), label="keys")
-    local = DictSpec(
-        tuple((n, draw(dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS))) for n in names)
-    )
-    keys = draw(st.lists(st.sampled_from(names), unique=True), label="distributed keys")
+    # a quarter of the entries are plain tensors, and "absent" names no entry: neither is a
+    # (DTensor, full tensor) pair, so both must be left untouched
+    loaded = dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS, dtypes=TREE_DTYPES)
+    entries = st.one_of(loaded, loaded, loaded, tensor_specs(dtypes=TREE_DTYPES))
+    local = DictSpec(tuple((n, draw(entries, label=f"entry {n}")) for n in names))
+    keys = draw(st.lists(st.sampled_from([*names, "absent"]), unique=True), label="distributed keys")
     kwargs = _kwargs(keys=tuple(keys), meta=draw(st.booleans()) or None, pg=draw(PGS))
     return Case("distribute_tensors", ws, draw(SEEDS), local, kwargs=kwargs)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from conformance.case import Case, replay_command
 from conformance.compare import Difference, compare_outcomes
 from conformance.divergences import Divergences, left_blocked
-from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, open_facts, run_law
-from conformance.observation import ANY, Outcome, RaisedObs
+from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, ORACLE_REFERENCE, open_facts, run_law
+from conformance.observation import ANY, Outcome, RaisedObs, ValueObs
 from conformance.oracle import expected_outcomes
 from conformance.runner import first_root, run_case
 from conformance.scopes import leaf_info
@@ -171,22 +172,37 @@ def _judged_as_if(
     return found
 
 
+#: What a rank left blocked in a law's collective side was to do instead: return.
+NOTHING_RETURNED = ValueObs("NoneType", None)
+
+
 def law_differences(
     world: JobRunner, case: Case, target: str, abort_on_fault: bool = False
 ) -> list[Difference]:
     """Where the two sides of a cross-utility law disagree, rank by rank."""
     law = case.utility.removeprefix(LAW_PREFIX)
+    blocked: dict[int, Any] = {}
     try:
-        outcomes: list[Outcome] = world.run(run_law, case, law, target)
+        outcomes: list[Outcome | None] = list(world.run(run_law, case, law, target))
     except JobFailed as exc:
         if abort_on_fault and exc.kind in ("hang", "crash"):
             raise CaseAborted(fault_report(case, target, exc), exc.kind) from None
-        rank = next(iter(exc.failures), 0)
-        return [Difference(rank, case.utility, (), "job", exc.kind, "result", f"{exc}")]
+        if exc.kind != "error" or any(f.type_name != "Blocked" for f in exc.failures.values()):
+            rank = next(iter(exc.failures), 0)
+            return [Difference(rank, case.utility, (), "job", exc.kind, "result", f"{exc}")]
+        # a rank raised in a collective side and returned; its peers were left blocked there
+        blocked = dict(exc.failures)
+        outcomes = [exc.results.get(rank) for rank in range(world.size)]
     diffs: list[Difference] = []
     for rank, outcome in enumerate(outcomes):
+        if outcome is None:
+            stuck = Outcome(RaisedObs("Blocked", blocked[rank].message))
+            diffs += compare_outcomes(Outcome(NOTHING_RETURNED), stuck, rank, case.utility)
+            continue
         reference = outcome.mutated["reference"]
         if reference is None:  # the oracle is the reference side
             reference = expected_outcomes(case, ORACLE_OF_LAW[law])[rank].result
+        elif isinstance(reference, str) and reference.startswith(ORACLE_REFERENCE):  # first side raised
+            reference = expected_outcomes(case, reference.removeprefix(ORACLE_REFERENCE))[rank].result
         diffs += compare_outcomes(Outcome(open_facts(reference)), Outcome(outcome.result), rank, case.utility)
     return diffs

@@ -29,6 +29,20 @@ LAWS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The reference a rank reports when the first side of a law raised there: the contract's
+#: expectation for that utility (``ORACLE_REFERENCE + utility``), judged by the driver.
+ORACLE_REFERENCE = "oracle:"
+
+
+class FirstSideRaised(Exception):
+    """The first side of a collective law raised on this rank: the rank stops there, since a
+    second collective would put it out of step with peers still inside the first one's."""
+
+    def __init__(self, raised: RaisedObs, utility: str) -> None:
+        super().__init__(raised.message)
+        self.raised, self.utility = raised, utility
+
+
 def _observe(c: CallContext, thunk: Callable[[], Any]) -> Any:
     try:
         value = thunk()
@@ -41,6 +55,8 @@ def _offload_after_gather(c: CallContext, fn: Callable[[str], Any]) -> tuple[Any
     """gather(cpu_offload=True) == offload_state_dict_to_cpu(gather(...))."""
     sd = c.build(c.case.state_dict, ROOT).value
     direct = _observe(c, lambda: fn("gather_state_dict")(sd, cpu_offload=True))
+    if isinstance(direct, RaisedObs):
+        raise FirstSideRaised(direct, "gather_state_dict")
     two_step = _observe(c, lambda: fn("offload_state_dict_to_cpu")(fn("gather_state_dict")(sd)))
     return direct, two_step
 
@@ -66,6 +82,8 @@ def _broadcast_is_distribute(c: CallContext, fn: Callable[[str], Any]) -> tuple[
     via_distribute = c.build(c.case.other, "local_state_dict", seed_offset=1).value
     source = full if c.rank == 0 else {}
     first = _observe(c, lambda: fn("broadcast_state_dict")(source, via_broadcast, device=c.device))
+    if isinstance(first, RaisedObs):
+        raise FirstSideRaised(first, "broadcast_state_dict")
     second = _observe(c, lambda: fn("distribute_state_dict")(full, via_distribute, device=c.device))
     observer = Observer(c.storages)
     return (
@@ -84,7 +102,9 @@ RANK_LAWS = {
 
 def run_law(case: Case, law: str, target_name: str) -> Outcome:
     """World job: both sides of ``law`` on this rank, as ``result`` (reference side, in
-    ``mutated["reference"]``) and ``result`` (other side)."""
+    ``mutated["reference"]``) and ``result`` (other side). Where the first side of a collective
+    law raises, the rank reports that raise as ``result`` and the contract's expectation for
+    its utility as the reference (:data:`ORACLE_REFERENCE`)."""
     target = load_target(target_name)
 
     def fn(utility: str) -> Any:
@@ -94,7 +114,10 @@ def run_law(case: Case, law: str, target_name: str) -> Outcome:
         return found
 
     c = CallContext(case)
-    reference, other = RANK_LAWS[law](c, fn)
+    try:
+        reference, other = RANK_LAWS[law](c, fn)
+    except FirstSideRaised as stopped:
+        return Outcome(stopped.raised, {"reference": ORACLE_REFERENCE + stopped.utility}, may_desync=True)
     raised = isinstance(reference, RaisedObs) or isinstance(other, RaisedObs)
     return Outcome(other, {"reference": reference}, may_desync=raised)
 

@@ -30,7 +30,8 @@ from strategies.spec import (
 Scope = Callable[[Case, Difference], bool]
 
 # Argument roots whose tree is the case's second spec tree (``case.other``).
-_OTHER_ROOTS = ("local_state_dict", "copy_state_dict", "compared_state_dict")
+# roots in a case's second tree (the law of broadcast and distribute observes local state dicts)
+_OTHER_ROOTS = ("local_state_dict", "copy_state_dict", "compared_state_dict", "law:broadcast_is_distribute")
 _CALL_FIELDS = ("raised", "message", "job")
 
 
@@ -113,17 +114,31 @@ def leaf_scope(test: Callable[[Spec], bool]) -> Scope:
 # --------------------------------------------------------------------------- leaf scopes
 
 
-def sharded_tensor_not_dim0_in_rank_order(spec: Spec) -> bool:
-    """A ShardedTensor chunked along a dim other than 0, or with chunks not placed on ranks
-    0, 1, ... in order, or empty (torch assumes dim-0 chunks in rank order)."""
-    return isinstance(spec, ShardedTensorSpec) and (
-        spec.dim != 0 or list(spec.rank_order) != sorted(spec.rank_order) or spec.tensor.numel == 0
-    )
+def sharded_tensor_not_dim0_in_rank_order(case: Case, diff: Difference) -> bool:
+    """Leaf scope: a ShardedTensor chunked along a dim other than 0, or whose chunks are not
+    one per rank on ranks 0, 1, ... in order (several or none on a rank included), or empty
+    (torch assumes one dim-0 chunk per rank, in rank order)."""
+
+    def not_torch_layout(spec: Spec) -> bool:
+        return isinstance(spec, ShardedTensorSpec) and (
+            spec.dim != 0 or list(spec.rank_order) != list(range(case.world_size)) or spec.tensor.numel == 0
+        )
+
+    return leaf_scope(not_torch_layout)(case, diff)
 
 
 def partial_dtensor(spec: Spec) -> bool:
     """A DTensor with a Partial placement."""
     return isinstance(spec, DTensorSpec) and any(p.kind == "partial" for p in spec.placements)
+
+
+def partial_product_or_bitwise_dtensor(spec: Spec) -> bool:
+    """A DTensor with a Partial placement of reduce op product, band, bor or bxor (which
+    ``distribute_tensor`` cannot build from a full tensor)."""
+    return isinstance(spec, DTensorSpec) and any(
+        p.kind == "partial" and p.param("reduce_op") in ("product", "band", "bor", "bxor")
+        for p in spec.placements
+    )
 
 
 def strided_shard_dtensor(spec: Spec) -> bool:
@@ -165,6 +180,12 @@ def _gloo_cannot_carry(spec: Spec) -> bool:
     if isinstance(spec, TensorSpec):
         return spec.dtype in GLOO_UNSUPPORTED_DTYPES
     return isinstance(spec, (DTensorSpec, ShardedTensorSpec)) and spec.tensor.dtype in GLOO_UNSUPPORTED_DTYPES
+
+
+def wide_unsigned_zero_dim_tensor(spec: Spec) -> bool:
+    """A 0-d plain tensor of dtype uint16, uint32 or uint64 (torch's pickle, which the object
+    collectives use, cannot load them back)."""
+    return isinstance(spec, TensorSpec) and spec.ndim == 0 and spec.dtype in ("uint16", "uint32", "uint64")
 
 
 def gloo_unsupported_dtype(case: Case, diff: Difference) -> bool:
@@ -300,14 +321,14 @@ def _source_value(case: Case, diff: Difference) -> Any:
         inputs = RankInputs(
             global_specs(case.state_dict), case.seed + 1, diff.rank, case.world_size, FULL_ROOT
         )
-    elif diff.root == "local_state_dict":
+    elif diff.root in ("local_state_dict", "law:broadcast_is_distribute"):  # the law's sides load it
         inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, FULL_ROOT)
     else:
         return None
     leaf = spec_at(inputs.spec, diff.path)
     if not isinstance(leaf, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
         return None
-    if diff.root != "local_state_dict":
+    if diff.root in ("copy_state_dict", "compared_state_dict"):
         return inputs.local(leaf, diff.path)
     full = inputs.global_value(leaf, diff.path)
     local = leaf_specs(case, diff)[0]
@@ -356,6 +377,29 @@ def holds_source_values(case: Case, diff: Difference) -> bool:
     return bool(torch.equal(observed, wanted))
 
 
+def holds_source_values_divided(case: Case, diff: Difference) -> bool:
+    """A ``data`` difference on a loaded Partial(sum) DTensor whose observed local data is the
+    full tensor's piece (Partial dims as Replicate) divided by the number of ranks along its
+    Partial(sum) mesh dims, in floating point (``distribute_tensor``'s partition of a sum)."""
+    import math
+
+    import torch
+
+    observed = diff.observed_data
+    local = leaf_specs(case, diff)
+    if diff.field != "data" or observed is None or not local or not isinstance(local[0], DTensorSpec):
+        return False
+    leaf = local[0]
+    sums = [n for n, p in zip(leaf.mesh_shape, leaf.placements, strict=True) if p.kind == "partial"]
+    if not sums or any(p.param("reduce_op") != "sum" for p in leaf.placements if p.kind == "partial"):
+        return False
+    source = _source_value(case, diff)
+    if not isinstance(source, torch.Tensor) or not (observed.is_floating_point() or observed.is_complex()):
+        return False
+    wanted = (source / math.prod(sums)).to(observed.dtype)
+    return wanted.shape == observed.shape and bool(torch.allclose(observed, wanted, equal_nan=True))
+
+
 def rank_outside_ranks_only(case: Case, diff: Difference) -> bool:
     """Case scope: the difference is on a rank that ``ranks_only`` leaves out."""
     ranks_only = case.kwarg("ranks_only", ())
@@ -379,7 +423,8 @@ SCOPES: dict[str, Scope] = {
     **{
         f.__name__: leaf_scope(f)
         for f in (
-            sharded_tensor_not_dim0_in_rank_order,
+            wide_unsigned_zero_dim_tensor,
+            partial_product_or_bitwise_dtensor,
             partial_dtensor,
             strided_shard_dtensor,
             zero_dim_tensor,
@@ -391,6 +436,7 @@ SCOPES: dict[str, Scope] = {
     **{
         f.__name__: f
         for f in (
+            sharded_tensor_not_dim0_in_rank_order,
             gloo_unsupported_dtype,
             cpu_offload_with_missing_local_key,
             pg_without_global_rank0,
@@ -402,6 +448,7 @@ SCOPES: dict[str, Scope] = {
             distributed_zero_dim_or_without_local_shard,
             similarity_mismatch_torch_ignores,
             holds_source_values,
+            holds_source_values_divided,
         )
     },
     # torch 2.14 no longer redistributes sum / avg / min / max Partials in deepcopy

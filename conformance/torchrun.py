@@ -74,6 +74,7 @@ from datetime import timedelta
 from typing import Any
 
 import conformance.world as _world
+from conformance import wire
 from conformance.faults import own_stacks, thread_stack
 from conformance.progress import ProgressWatch, cpu_seconds
 from conformance.world import (
@@ -219,10 +220,10 @@ def _execute(payload: bytes) -> tuple[bytes, bool] | None:
         except BaseException as exc:
             reply = ("err", _failure_of(exc))
     try:
-        data = pickle.dumps(reply)
+        data = wire.dumps(reply)
     except Exception as exc:
         reply = ("err", _failure_of(exc, "result could not be pickled: "))
-        data = pickle.dumps(reply)
+        data = wire.dumps(reply)
     return data, reply[0] == "err" or _may_desync(reply[1])
 
 

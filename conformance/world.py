@@ -25,6 +25,7 @@ from datetime import timedelta
 from multiprocessing import connection, get_context
 from typing import Any, Protocol
 
+from conformance import wire
 from conformance.faults import collect_stacks, report_faults_to, stderr_tail
 from conformance.progress import ProgressWatch, cpu_seconds
 
@@ -233,9 +234,9 @@ def _rank_main(
             except BaseException as exc:
                 reply = ("err", _failure_of(exc))
         try:
-            data = pickle.dumps(reply)
+            data = wire.dumps(reply)
         except Exception as exc:
-            data = pickle.dumps(("err", _failure_of(exc, "result could not be pickled: ")))
+            data = wire.dumps(("err", _failure_of(exc, "result could not be pickled: ")))
         conn.send_bytes(data)
 
     # A barrier first: gloo can abort when a group is destroyed while a peer still talks.

@@ -23,8 +23,8 @@ def _shard_of(full: torch.Tensor, local: DTensor) -> torch.Tensor:
     """This rank's local tensor of ``full`` under ``local``'s mesh and placements (no collective).
 
     Shard/_StridedShard/Replicate slice as DTensor does. A Partial mesh dim reduces to ``full``
-    exactly: for "sum" the coordinate-0 rank holds ``full`` and the others zeros, for "product"
-    the others ones, for every other reduce op every rank holds ``full``.
+    exactly: for "sum" and "bxor" the coordinate-0 rank holds ``full`` and the others zeros, for
+    "product" the others ones, for every other reduce op every rank holds ``full``.
     """
     mesh = local.device_mesh
     layout = [Replicate() if p.is_partial() else p for p in local.placements]
@@ -34,7 +34,7 @@ def _shard_of(full: torch.Tensor, local: DTensor) -> torch.Tensor:
         if not placement.is_partial() or coordinate is None or coordinate[dim] == 0:
             continue
         op = getattr(placement, "reduce_op", "sum")
-        if op == "sum":
+        if op in ("sum", "bxor"):
             shard = torch.zeros_like(shard)
         elif op == "product":
             shard = torch.ones_like(shard)

@@ -20,6 +20,9 @@ _GLOO_WIDER = {torch.int16: torch.int32}
 for _name, _wide in (("uint16", torch.int32), ("uint32", torch.int64)):
     if hasattr(torch, _name):
         _GLOO_WIDER[getattr(torch, _name)] = _wide
+# No wider integer holds uint64: it travels reinterpreted as int64 (bit for bit; a Partial
+# uint64, which no backend reduces, is not supported).
+_SAME_WIDTH = {torch.uint64: torch.int64} if hasattr(torch, "uint64") else {}
 
 
 def _mesh_device(mesh) -> torch.device:
@@ -39,12 +42,21 @@ def _full_dtensor(dtensor: DTensor) -> torch.Tensor:
     wider = _GLOO_WIDER.get(original)
     if wider is not None:
         value = value.to(wider)
+    elif original in _SAME_WIDTH:
+        value = DTensor.from_local(
+            value.to_local().view(_SAME_WIDTH[original]),
+            mesh,
+            value.placements,
+            run_check=False,
+            shape=value.shape,
+            stride=value.stride(),
+        )
     replicated = value.redistribute(mesh, [Replicate()] * mesh.ndim)
     full = replicated.to_local()
     wait = getattr(full, "wait", None)
     if callable(wait):
         full = wait()
-    full = full.to(original)
+    full = full.view(original) if original in _SAME_WIDTH else full.to(original)
     if _shares_storage(full, value.to_local()) or _shares_storage(full, replicated.to_local()):
         full = full.clone()
     return full

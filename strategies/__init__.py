@@ -52,6 +52,7 @@ from strategies.spec import (
 from strategies.tensors import (
     ALL_DTYPES,
     GLOO_DTYPES,
+    TREE_DTYPES,
     dtensor_specs,
     dtypes,
     layouts_for,
@@ -88,6 +89,7 @@ __all__ = [
     "GLOO_DTYPES",
     "LAYOUTS",
     "LEAF_KINDS",
+    "TREE_DTYPES",
     "UNSUPPORTED_KINDS",
     "BytesIOSpec",
     "DTensorSpec",

@@ -126,9 +126,22 @@ class ShardModel(_IndexShardModel):
     def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
         if tensor.ndim == 0:
             return None
-        return st.builds(
-            lambda d: PlacementSpec("shard", (("dim", d),)),
-            st.integers(0, tensor.ndim - 1),
+        n = mesh_shape[mesh_dim]
+        parents = parent_shapes(tensor, mesh_shape, previous)
+        dims = [d for d in range(tensor.ndim) if self._after_strided_ok(d, n, previous, parents)]
+        if not dims:
+            return None
+        return st.sampled_from(dims).map(lambda d: PlacementSpec("shard", (("dim", d),)))
+
+    @staticmethod
+    def _after_strided_ok(dim: int, n: int, previous, parents) -> bool:
+        """``Shard(dim)`` after a ``_StridedShard(dim, sf)`` only in the pairing torch builds
+        (FSDP over TP): ``sf`` equal to this mesh dim's size and every parent piece divisible
+        by it. Other pairings make torch 2.13's redistribute put ranks out of step in a gloo
+        collective (SIGABRT), which no utility is to blame for."""
+        strided = [p for p in previous if p.kind == "strided_shard" and p.param("dim") == dim]
+        return not strided or all(
+            p.param("split_factor") == n and all(shape[dim] % n == 0 for shape in parents) for p in strided
         )
 
     def indices(self, size: int, n: int, spec: PlacementSpec) -> list[list[int]]:
@@ -207,16 +220,17 @@ class ReplicateModel:
 
 def partial_reduce_ops(dtype: str) -> tuple[str, ...]:
     """Reduce ops ``Partial`` supports for ``dtype`` on gloo (checked against torch 2.13):
-    floats all of sum/avg/max/min; complex sum/avg; ints sum/max/min (avg fails to cast the
-    float result back); bool sum/max (logical or) and min (logical and); int16 and
-    uint16/32/64 none (gloo has no kernels for them)."""
+    floats sum/avg/max/min/product; complex sum/avg (gloo reduces nothing else of them); ints
+    and bool sum/max/min/product and the bitwise band/bor/bxor (avg fails to cast the float
+    result back; bool sum/max/product are logical or, or, and); int16 and uint16/32/64 none
+    (gloo has no kernels for them)."""
     dt = torch_dtype(dtype)
     if dt.is_complex:
         return ("sum", "avg")
     if dt.is_floating_point:
-        return ("sum", "avg", "max", "min")
+        return ("sum", "avg", "max", "min", "product")
     if dtype in ("bool", "uint8", "int8", "int32", "int64"):
-        return ("sum", "max", "min")
+        return ("sum", "max", "min", "product", "band", "bor", "bxor")
     return ()
 
 
@@ -234,8 +248,12 @@ class PartialModel:
     - avg: index i holds v + e_i with sum(e_i) = 0 (finite non-zero elements; others hold v).
     - max / min: index 0 holds v, the others v - k / v + k (k >= 1, clamped to the range;
       non-finite floats held by all).
-    - bool: sum/max are logical or (index 0 holds v, others v & random), min is logical and
-      (others v | random).
+    - product: index i > 0 holds 1 or -1 (signed ints: where negating cannot overflow; uint8:
+      255, which wraps as -1), index 0 holds v times their product (exact: only signs change).
+    - band / bor: index 0 holds v, the others v with random bits set / cleared.
+    - bxor: index i > 0 holds random bits r_i, index 0 holds v xor every r_i.
+    - bool: sum/max are logical or (index 0 holds v, others v & random), min, product and
+      band are logical and (others v | random), bor is or, bxor is xor.
     """
 
     kind = "partial"
@@ -256,14 +274,45 @@ class PartialModel:
             real = self.split(tensor.real.contiguous(), n, spec, generator)
             imag = self.split(tensor.imag.contiguous(), n, spec, generator)
             return [torch.complex(r, i) for r, i in zip(real, imag, strict=True)]
+        if op in ("band", "bor", "bxor"):
+            return self._split_bitwise(tensor, n, op, generator)
         if tensor.dtype == torch.bool:
             masks = [torch.rand(tensor.shape, generator=generator) < 0.5 for _ in range(n - 1)]
-            if op == "min":
+            if op in ("min", "product"):
                 return [tensor.clone()] + [tensor | m for m in masks]
             return [tensor.clone()] + [tensor & m for m in masks]
+        if op == "product":
+            return self._split_product(tensor, n, generator)
         if tensor.dtype.is_floating_point:
             return self._split_float(tensor, n, op, generator)
         return self._split_int(tensor, n, op, generator)
+
+    def _split_product(self, tensor, n, generator):
+        # uint8 wraps (well defined): -1 is 255, its own inverse
+        if tensor.dtype.is_floating_point or tensor.dtype == torch.uint8:
+            negatable = torch.ones(tensor.shape, dtype=torch.bool)
+        else:
+            negatable = tensor != torch.iinfo(tensor.dtype).min
+        signs = [
+            torch.where(negatable & (torch.rand(tensor.shape, generator=generator) < 0.5), -1, 1)
+            for _ in range(n - 1)
+        ]
+        flip = functools.reduce(torch.mul, signs, torch.ones(tensor.shape, dtype=torch.int64))
+        first = torch.where(flip < 0, -tensor, tensor) if bool(negatable.any()) else tensor.clone()
+        return [first] + [s.to(tensor.dtype) for s in signs]
+
+    def _split_bitwise(self, tensor, n, op, generator):
+        def bits() -> torch.Tensor:
+            if tensor.dtype == torch.bool:
+                return torch.rand(tensor.shape, generator=generator) < 0.5
+            return torch.randint(0, 256, tensor.shape, generator=generator).to(tensor.dtype)
+
+        others = [bits() for _ in range(n - 1)]
+        if op == "band":
+            return [tensor.clone()] + [tensor | b for b in others]
+        if op == "bor":
+            return [tensor.clone()] + [tensor & b for b in others]
+        return [functools.reduce(torch.bitwise_xor, others, tensor.clone()), *others]
 
     def _split_float(self, tensor, n, op, generator):
         v = tensor.double()
@@ -307,10 +356,18 @@ class PartialModel:
         if parts[0].dtype.is_complex:
             real = self.join([p.real for p in parts], spec)
             return torch.complex(real, self.join([p.imag for p in parts], spec))
+        bitwise = {"band": torch.bitwise_and, "bor": torch.bitwise_or, "bxor": torch.bitwise_xor}
+        if op in bitwise:
+            return functools.reduce(bitwise[op], parts[1:], parts[0].clone())
         stacked = torch.stack(parts)
         dtype = stacked.dtype
         if dtype == torch.bool:
-            return stacked.all(0) if op == "min" else stacked.any(0)
+            return stacked.all(0) if op in ("min", "product") else stacked.any(0)
+        if op == "product":
+            # exact: every part but the first is +-1 (a float product in double, then back)
+            if dtype.is_floating_point:
+                return functools.reduce(torch.mul, [p.double() for p in parts]).to(dtype)
+            return functools.reduce(torch.mul, parts[1:], parts[0].clone())
         if op == "max":
             return stacked.amax(0)
         if op == "min":
@@ -389,7 +446,7 @@ def parent_shapes(
 ) -> set[tuple[int, ...]]:
     """The shapes the tensor has, across coordinates, after the placements ``previous`` on
     the first ``len(previous)`` mesh dims (what the next mesh dim splits)."""
-    zeros = torch.zeros(tensor.shape)
+    zeros = torch.zeros(tensor.shape, dtype=torch_dtype(tensor.dtype))
     prefix = mesh_shape[: len(previous)]
     parts = split_over_mesh(zeros, prefix, previous, torch.Generator().manual_seed(0))
     return {tuple(t.shape) for t in parts.values()}

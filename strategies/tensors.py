@@ -41,6 +41,12 @@ GLOO_DTYPES: tuple[str, ...] = tuple(
 )
 
 
+#: The dtypes trees draw by default: every dtype, those gloo cannot carry about one draw in
+#: ten (an entry repeated in a sampled sequence weighs more), so that most cases still reach
+#: the collectives while every dtype's contract is exercised.
+TREE_DTYPES: tuple[str, ...] = GLOO_DTYPES * 3 + tuple(d for d in ALL_DTYPES if d not in GLOO_DTYPES)
+
+
 def dtypes(*, include: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
     """A dtype name from ``include``."""
     return st.sampled_from(tuple(include))
@@ -105,8 +111,14 @@ def mesh_factorisations(world_size: int, *, min_dims: int = 1, max_dims: int = 3
 def mesh_shapes(
     world_size: int, *, min_dims: int = 1, max_dims: int = 3
 ) -> st.SearchStrategy[tuple[int, ...]]:
-    """A mesh shape whose sides multiply to ``world_size``."""
-    return st.sampled_from(mesh_factorisations(world_size, min_dims=min_dims, max_dims=max_dims))
+    """A mesh shape whose sides multiply to ``world_size``; half of the draws, where it has
+    any, are 2-D meshes with both sides > 1 (2x2 at world size 4), where placements on two
+    mesh dims interact and most layout bugs live."""
+    shapes = mesh_factorisations(world_size, min_dims=min_dims, max_dims=max_dims)
+    two_sided = tuple(m for m in shapes if len(m) == 2 and min(m) > 1)
+    if not two_sided:
+        return st.sampled_from(shapes)
+    return st.one_of(st.sampled_from(two_sided), st.sampled_from(shapes))
 
 
 @st.composite
@@ -181,8 +193,10 @@ def sharded_tensor_specs(
     max_side: int = 9,
     dtypes: Sequence[str] = GLOO_DTYPES,
 ) -> ShardedTensorSpec:
-    """A chunk-sharded ShardedTensor on any dim, any rank order; uneven and empty chunks
-    arise from sides not divisible by (or smaller than) ``world_size``."""
+    """A chunk-sharded ShardedTensor on any dim: one chunk per rank in any rank order, or
+    (a third of the draws) 1 to 2 x ``world_size`` chunks on any ranks, so that a rank holds
+    several chunks or none; uneven and empty chunks arise from sides not divisible by (or
+    smaller than) the number of chunks."""
     tensor = draw(
         tensor_specs(
             min_dims=1,
@@ -195,5 +209,12 @@ def sharded_tensor_specs(
         label="global tensor",
     )
     dim = draw(st.integers(0, tensor.ndim - 1), label="dim")
-    rank_order = draw(st.permutations(range(world_size)), label="rank_order")
+    rank_order = draw(
+        st.one_of(
+            st.permutations(range(world_size)),
+            st.permutations(range(world_size)),
+            st.lists(st.integers(0, world_size - 1), min_size=1, max_size=2 * world_size),
+        ),
+        label="rank_order",
+    )
     return ShardedTensorSpec(tensor, dim, tuple(rank_order))

@@ -27,7 +27,7 @@ from strategies.spec import (
     replace_leaves,
 )
 from strategies.tensors import (
-    GLOO_DTYPES,
+    TREE_DTYPES,
     dtensor_specs,
     mesh_shapes,
     placements_for,
@@ -70,7 +70,7 @@ def leaf_specs(
     *,
     mesh_shape: tuple[int, ...] | None = None,
     kinds: Sequence[str] = LEAF_KINDS,
-    dtypes: Sequence[str] = GLOO_DTYPES,
+    dtypes: Sequence[str] = TREE_DTYPES,
     placement_kinds: Sequence[str] | None = None,
     max_side: int = 5,
 ) -> Leaf:
@@ -134,7 +134,7 @@ def state_dict_specs(
     container_kinds: Sequence[str] = CONTAINER_KINDS,
     key_kinds: Sequence[str] = ("str", "int"),
     allow_views: bool = True,
-    dtypes: Sequence[str] = GLOO_DTYPES,
+    dtypes: Sequence[str] = TREE_DTYPES,
 ) -> DictSpec:
     """An arbitrary nested state dict: the root is a dict or OrderedDict; below it dicts
     (str and int keys), lists, tuples, namedtuples, empty ones too, nested up to
@@ -179,7 +179,7 @@ def flat_state_dict_specs(
     max_size: int = 6,
     leaves: st.SearchStrategy[Leaf] | None = None,
     leaf_kinds: Sequence[str] = ("tensor", "dtensor"),
-    dtypes: Sequence[str] = GLOO_DTYPES,
+    dtypes: Sequence[str] = TREE_DTYPES,
 ) -> DictSpec:
     """A flat dict with unique str keys (as ``_broadcast_state_dict`` and
     ``_distribute_state_dict`` take), tensor and DTensor leaves by default."""

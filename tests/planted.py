@@ -18,6 +18,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 
+from conformance import mesh_examples
 from conformance.case import Case
 from conformance.case_strategies import CASES
 from conformance.check import check_case
@@ -95,7 +96,7 @@ EXAMPLES = 80  # cases drawn per (utility, keyword arguments), at most; the bug 
 
 def drawn_cases(bug: PlantedBug) -> list[Case]:
     """EXAMPLES derandomized cases of the bug's utility on 2 ranks (shared by bugs alike), or
-    ``bug.examples`` on ``bug.world_sizes``.
+    ``bug.examples`` on ``bug.world_sizes`` after the suite's 2x2 examples.
 
     Derandomized draws are seeded from the source text of the decorated function, so the
     default path below is kept as it was written: changing it changes every bug's cases."""
@@ -119,8 +120,17 @@ def drawn_cases(bug: PlantedBug) -> list[Case]:
             collect()
         else:
             _draw_on(bug, found)
-        _CASES[key] = found
+        _CASES[key] = [*_mesh_examples(bug), *found]
     return _CASES[key]
+
+
+def _mesh_examples(bug: PlantedBug) -> list[Case]:
+    """The suite's explicit 2x2 cases of the bug's utility (run first, as the suite does),
+    where its world sizes include that mesh's."""
+    if mesh_examples.WORLD_SIZE not in bug.world_sizes:
+        return []
+    cases = [case.with_kwargs(**dict(bug.kwargs)) for case in mesh_examples.examples(bug.utility)]
+    return [with_unsupported_leaf(case) for case in cases] if bug.unsupported else cases
 
 
 def _draw_on(bug: PlantedBug, found: list[Case]) -> None:

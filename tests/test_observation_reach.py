@@ -4,7 +4,9 @@ Each bug below passed the ci profile before the observation covered it (issue 10
 ``create_cpu_state_dict`` sharing one buffer, a result that *is* its input container, a
 ``BytesIO`` leaf copied or read to its end, gathered tensors requiring grad, new buffers that
 are not contiguous, ShardedTensor local shards of the wrong shape, and a loading bug that
-shows only on a mesh with two dims larger than 1. Forks are judged with torch's own
+shows only on a mesh with two dims larger than 1; and bugs that only the issue's draws reach
+(changed defaults, Partial product/bitwise ops, non-pair entries of ``distribute_tensors``,
+wide unsigned dtypes). Forks are judged with torch's own
 known-divergence file, so a bug is caught only by a difference no entry excuses.
 """
 
@@ -102,11 +104,76 @@ OBSERVATION_BUGS: tuple[PlantedBug, ...] = (
         "                )\n",
         r"local_state_dict\[.*(data differs|placements is)",
         world_sizes=(2, 4),
-        examples=250,
+        examples=1,  # the 2x2 examples come first
     ),
 )
 
-_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS}
+#: Bugs of what the strategies draw (issue 10's "Draw" bullets): each is caught only because
+#: the feature it needs is drawn.
+REACH_BUGS: tuple[PlantedBug, ...] = (
+    PlantedBug(  # defaults: a keyword argument is omitted as often as it is passed
+        "gather-type-check-off-by-default",
+        (),
+        "gather_state_dict",
+        "    cpu_offload: bool = False,\n    ranks_only: tuple[int, ...] = (),\n    type_check: bool = True,\n",
+        "    cpu_offload: bool = False,\n    ranks_only: tuple[int, ...] = (),\n    type_check: bool = False,\n",
+        r"expected to raise ValueError",
+        unsupported=True,  # an unsupported leaf in every case; type_check stays drawn (or omitted)
+    ),
+    PlantedBug(
+        "broadcast-strict-by-default",
+        (),
+        "broadcast_state_dict",
+        "    strict: bool = False,\n",
+        "    strict: bool = True,\n",
+        r"local_state_dict: keys are \[",
+    ),
+    PlantedBug(
+        "create-cpu-shares-memory-by-default",
+        (),
+        "create_cpu_state_dict",
+        "    state_dict: dict[str, Any], pin_memory: bool = False, share_memory: bool = False\n",
+        "    state_dict: dict[str, Any], pin_memory: bool = False, share_memory: bool = True\n",
+        r"shared",
+    ),
+    PlantedBug(  # Partial with every reduce op: product and bitwise ones gathered as sums
+        "gather-product-and-bitwise-partials-as-sum",
+        (),
+        "gather_state_dict",
+        "        placements = [Replicate() for _ in value.placements]\n",
+        "        from torch.distributed.tensor import Partial\n"
+        "        if any(p.is_partial() and p.reduce_op in ('product', 'band', 'bor', 'bxor') for p in value.placements):\n"
+        "            value = DTensor.from_local(value.to_local(), value.device_mesh,\n"
+        "                [Partial('sum') if p.is_partial() else p for p in value.placements],\n"
+        "                run_check=False, shape=value.shape, stride=value.stride())\n"
+        "        placements = [Replicate() for _ in value.placements]\n",
+        r"data differs",
+        world_sizes=(2, 4),
+        examples=60,
+    ),
+    PlantedBug(  # distribute_tensors: entries that are no (DTensor, full tensor) pair
+        "distribute-tensors-unpacks-plain-tensors",
+        (),
+        "distribute_tensors",
+        "        if _local_state is None or torch.is_tensor(_local_state):\n",
+        "        if _local_state is None or isinstance(_local_state, DTensor):\n",
+        r"raised",
+        world_sizes=(2, 4),
+        examples=40,
+    ),
+    PlantedBug(  # every dtype: wide unsigned buffers made int64 (no collective involved)
+        "create-cpu-widens-unsigned-buffers",
+        (),
+        "create_cpu_state_dict",
+        CREATE_NEW_BUFFER,
+        "        else:\n"
+        "            wide = (torch.uint16, torch.uint32, torch.uint64)\n"
+        "            return torch.empty(*tuple(obj.size()), dtype=torch.int64 if obj.dtype in wide else obj.dtype)\n",
+        r"dtype",
+    ),
+)
+
+_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS + REACH_BUGS}
 TORCH = load_divergences("torch")
 
 
@@ -115,22 +182,6 @@ def worlds(tmp_path_factory):
     yield from fork_worlds(_BY_NAME.values(), tmp_path_factory.mktemp("observation"))
 
 
-NOT_YET_REACHED = {
-    "distribute-2d-mesh-placements-swapped": (
-        "issue 10 (reach): 250 cases at world sizes 2,4 draw too few 2x2 meshes with "
-        "asymmetric placements to catch it; needs 2x2 @examples or a mesh bias"
-    ),
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET_REACHED[name], strict=True))
-        if name in NOT_YET_REACHED
-        else name
-        for name in _BY_NAME
-    ],
-)
+@pytest.mark.parametrize("name", list(_BY_NAME))
 def test_an_effect_the_fork_gets_wrong_is_caught(name, worlds):
     assert_caught(_BY_NAME[name], worlds, TORCH)

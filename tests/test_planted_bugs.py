@@ -154,7 +154,7 @@ PLANTED: tuple[PlantedBug, ...] = (
     ),
     PlantedBug(
         "broadcast-zero-dim-zeroed",
-        ("zero-dim-loaded-as-object",),
+        ("zero-dim-loaded-as-object", "wide-unsigned-zero-dim-unpicklable"),
         "broadcast_state_dict",
         "            elif value.dim() == 0:\n                ret[key] = value.cpu()\n",
         "            elif value.dim() == 0:\n                ret[key] = torch.zeros_like(value.cpu())\n",
@@ -176,6 +176,7 @@ PLANTED: tuple[PlantedBug, ...] = (
             "similarity-copy-fails-on-local-shapes",
             "similarity-misjudges-structure",
             "similarity-raises-on-structure",
+            "similarity-copy-mixes-tensor-and-dtensor",
         ),
         "check_state_dict_similarity",
         "        if companion_obj.dtype != obj.dtype or companion_obj.size() != obj.size():\n",
@@ -231,7 +232,11 @@ PLANTED: tuple[PlantedBug, ...] = (
     ),
     PlantedBug(
         "distribute-int32-becomes-float64",
-        ("gloo-dtype-broadcast-raises",),
+        (
+            "gloo-dtype-broadcast-raises",
+            "distribute-partial-sum-divided",
+            "distribute-partial-op-unsupported",
+        ),
         "distribute_state_dict",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n"
@@ -242,7 +247,12 @@ PLANTED: tuple[PlantedBug, ...] = (
     ),
     PlantedBug(
         "create-cpu-dtensor-flattened",
-        ("create-cpu-partial-deepcopy-is-collective", "create-cpu-partial-deepcopy-is-collective-2.14"),
+        (
+            "create-cpu-partial-deepcopy-is-collective",
+            "create-cpu-partial-deepcopy-is-collective-2.14",
+            "create-cpu-pin-memory-error-message",
+            "create-cpu-pin-memory-shared-asserts",
+        ),
         "create_cpu_state_dict",
         "        ret._local_tensor = tensor_func(ret._local_tensor, pg, device, None)\n",
         "        ret._local_tensor = tensor_func(ret._local_tensor.reshape(-1), pg, device, None)\n",

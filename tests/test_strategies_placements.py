@@ -72,7 +72,7 @@ def test_split_then_join_gives_the_tensor_back(spec: DTensorSpec, seed: int) -> 
 def test_partial_contributions_differ_per_index(dtype: str) -> None:
     model = get_placement_model("partial")
     tensor = make_global_tensor(TensorSpec((6, 5), dtype), 1, ("x",))
-    for op in ("sum", "avg", "max", "min"):
+    for op in ("sum", "avg", "max", "min", "product", "band", "bor", "bxor"):
         spec = PlacementSpec("partial", (("reduce_op", op),))
         if model.placements(TensorSpec((6, 5), dtype), (4,), 0, ()) is None:
             continue

@@ -24,12 +24,13 @@ from hypothesis import Phase, given, settings
 from strategies.placements import (
     BUILTIN_PLACEMENTS,
     coordinate_of,
+    partial_reduce_ops,
     shard_indices,
     split_over_mesh,
     strided_shard_indices,
     to_torch_placements,
 )
-from strategies.spec import DTensorSpec
+from strategies.spec import DTensorSpec, PlacementSpec, TensorSpec
 from strategies.tensors import dtensor_specs
 from strategies.values import make_global_tensor
 
@@ -130,14 +131,49 @@ def _worker(rank: int, init_file: str, out_dir: str, cases: list[DTensorSpec]) -
     dist.destroy_process_group()
 
 
-@pytest.mark.world_size(WORLD_SIZE)
-def test_placement_models_match_torch_dtensor() -> None:
+def _failures_on_torch(cases: list[DTensorSpec]) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
-        cases = _cases()
         args = (os.path.join(tmp, "init"), tmp, cases)
         mp.spawn(_worker, args=args, nprocs=WORLD_SIZE, join=True)
         failures = []
         for rank in range(WORLD_SIZE):
             with open(os.path.join(tmp, f"rank{rank}.json")) as f:
                 failures += [f"rank {rank}: {msg}" for msg in json.load(f)]
+    return failures
+
+
+@pytest.mark.world_size(WORLD_SIZE)
+def test_placement_models_match_torch_dtensor() -> None:
+    failures = _failures_on_torch(_cases())
+    assert not failures, "\n".join(failures[:10])
+
+
+def _every_partial_op() -> list[DTensorSpec]:
+    """A Partial DTensor for every (dtype, reduce op) the model offers, on a 4-rank 1-D mesh
+    and on a 2x2 mesh with that op on both dims (sides uneven, one element 0-d)."""
+    cases = []
+    for dtype in TORCH_DTYPES:
+        for op in partial_reduce_ops(dtype):
+            partial = PlacementSpec("partial", (("reduce_op", op),))
+            cases.append(DTensorSpec(TensorSpec((5, 3), dtype), (4,), (partial,)))
+            cases.append(DTensorSpec(TensorSpec((), dtype), (2, 2), (partial, partial)))
+            shard = PlacementSpec("shard", (("dim", 0),))
+            cases.append(DTensorSpec(TensorSpec((3, 2), dtype), (2, 2), (shard, partial)))
+    return cases
+
+
+@pytest.mark.world_size(WORLD_SIZE)
+def test_partial_model_matches_torch_for_every_reduce_op() -> None:
+    cases = _every_partial_op()
+    assert {p.param("reduce_op") for c in cases for p in c.placements if p.kind == "partial"} == {
+        "sum",
+        "avg",
+        "max",
+        "min",
+        "product",
+        "band",
+        "bor",
+        "bxor",
+    }
+    failures = _failures_on_torch(cases)
     assert not failures, "\n".join(failures[:10])

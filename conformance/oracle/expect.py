@@ -92,6 +92,22 @@ FullItems = tuple[tuple[Key, TensorSpec | ValueSpec], ...]
 LocalItems = tuple[tuple[Key, Leaf], ...]
 
 
+def device_type_of(case: Case) -> str:
+    """The device type a rank of ``case`` holds its tensors on: ``cuda`` (its own GPU) in an
+    NCCL world, ``cpu`` in a gloo world."""
+    return "cuda" if case.backend == "nccl" else "cpu"
+
+
+def has_accelerator(case: Case) -> bool:
+    """Whether the ranks of ``case`` have an accelerator (pinning is possible)."""
+    return device_type_of(case) != "cpu"
+
+
+def _inputs(case: Case, spec: Spec, rank: int, root: str, seed_offset: int = 0) -> RankInputs:
+    """One rank's view of an argument of ``case``, on the rank's device."""
+    return RankInputs(spec, case.seed + seed_offset, rank, case.world_size, root, device_type_of(case))
+
+
 def _other(case: Case) -> Spec:
     """``case.other`` of a utility that takes a second state dict (copy, similarity, the
     loading utilities): its case strategy always sets it."""
@@ -149,7 +165,7 @@ def expected_outcomes(case: Case, utility: str | None = None) -> list[Outcome]:
 
 
 def _gather(case: Case, rank: int) -> Outcome:
-    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    inputs = _inputs(case, case.state_dict, rank, ROOT)
     untouched = {ROOT: inputs.observe_all()}
     error = type_check_error(case.state_dict, case)
     if error is not None:
@@ -158,9 +174,21 @@ def _gather(case: Case, rank: int) -> Outcome:
     if ranks_only and rank not in ranks_only:
         return Outcome(_dropped(case.state_dict), untouched)
 
+    moved = bool(case.kwarg("cpu_offload", False)) and inputs.device_type != "cpu"
+    gathered_on = "cpu" if case.kwarg("cpu_offload", False) else inputs.device_type
+
     def leaf(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TensorSpec) and moved:  # tensor.to("cpu"): a new tensor
+            return inputs.tensor_obs(
+                spec,
+                inputs.local(spec, path),
+                device_type="cpu",
+                aliases=None,
+                same_as=None,
+                keep_stride=True,
+            )
         if isinstance(spec, TensorSpec):  # the same object
-            return tensor_obs(
+            return inputs.tensor_obs(
                 spec,
                 inputs.local(spec, path),
                 aliases=inputs.owner(spec, path),
@@ -171,7 +199,7 @@ def _gather(case: Case, rank: int) -> Outcome:
             full = inputs.global_value(spec, path)
             return TensorObs(
                 "Tensor",
-                "cpu",
+                gathered_on,
                 spec.tensor.dtype,
                 tuple(spec.tensor.shape),
                 full,
@@ -186,7 +214,7 @@ def _gather(case: Case, rank: int) -> Outcome:
 
 
 def _offload(case: Case, rank: int) -> Outcome:
-    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    inputs = _inputs(case, case.state_dict, rank, ROOT)
     untouched = {ROOT: inputs.observe_all()}
     error = type_check_error(case.state_dict, case)
     if error is not None:
@@ -196,6 +224,15 @@ def _offload(case: Case, rank: int) -> Outcome:
         return Outcome(_dropped(case.state_dict), untouched)
 
     def leaf(path: Path, spec: Leaf) -> Any:
+        if isinstance(spec, TENSOR_SPECS) and inputs.device_type != "cpu":  # a new CPU tensor
+            return inputs.tensor_obs(
+                spec,
+                inputs.local(spec, path),
+                device_type="cpu",
+                aliases=None,
+                same_as=None,
+                keep_stride=True,
+            )
         if isinstance(spec, TENSOR_SPECS):  # on CPU already: the same object
             return inputs.tensor_obs(
                 spec,
@@ -232,7 +269,7 @@ def _tensor_facts(leaf: TensorLeaf, rank: int, world_size: int, local: bool) -> 
     tensor = leaf if isinstance(leaf, TensorSpec) else leaf.tensor
     facts: tuple = (type(leaf).__name__, tensor.shape, tensor.dtype)
     if local and isinstance(leaf, DTensorSpec):
-        zeros = torch.zeros(tensor.shape)
+        zeros = torch.zeros(tensor.shape, dtype=torch_dtype(tensor.dtype))
         parts = split_over_mesh(zeros, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0))
         facts += (tuple(parts[coordinate_of(rank, leaf.mesh_shape)].shape),)
     if local and isinstance(leaf, ShardedTensorSpec):
@@ -283,9 +320,9 @@ def pair_mismatch(
 
 
 def _copy(case: Case, rank: int) -> Outcome:
-    source = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    source = _inputs(case, case.state_dict, rank, ROOT)
     other = _other(case)
-    dest = RankInputs(other, case.seed + 1, rank, case.world_size, "copy_state_dict")
+    dest = _inputs(case, other, rank, "copy_state_dict", seed_offset=1)
     untouched = {ROOT: source.observe_all(), "copy_state_dict": dest.observe_all()}
     error = type_check_error(case.state_dict, case)
     if error is not None:
@@ -317,11 +354,16 @@ def _copy(case: Case, rank: int) -> Outcome:
     return Outcome(new_tree(map_spec(case.state_dict, written)), mutated)
 
 
+#: CONTRACT create_cpu_state_dict: what pin_memory=True raises where no accelerator is.
+PIN_MEMORY_UNAVAILABLE = "pin_memory=True needs an accelerator; none is available"
+
+
 def _create_cpu(case: Case, rank: int) -> Outcome:
-    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    inputs = _inputs(case, case.state_dict, rank, ROOT)
     untouched = {ROOT: inputs.observe_all()}
-    if case.kwarg("pin_memory", False) and not torch.cuda.is_available():
-        return Outcome(RaisedObs(ANY, ""), untouched)
+    pin = bool(case.kwarg("pin_memory", False))
+    if pin and not has_accelerator(case):
+        return Outcome(RaisedObs("RuntimeError", PIN_MEMORY_UNAVAILABLE), untouched)
     share = bool(case.kwarg("share_memory", False))
 
     def leaf(path: Path, spec: Leaf) -> Any:
@@ -332,11 +374,12 @@ def _create_cpu(case: Case, rank: int) -> Outcome:
             return inputs.tensor_obs(
                 spec,
                 None,  # contents unspecified
+                device_type="cpu",
                 local_shape=None if holds_nothing else tuple(local.shape),
                 stride=ANY if flat else contiguous_stride(tuple(local.shape)),
                 aliases=None,
                 same_as=None,
-                pinned=ANY if holds_nothing else False,
+                pinned=ANY if holds_nothing else pin and local.numel() > 0,
                 shared=ANY if holds_nothing else share,
             )
         return value_obs(spec, path, ROOT)
@@ -345,9 +388,9 @@ def _create_cpu(case: Case, rank: int) -> Outcome:
 
 
 def _similarity(case: Case, rank: int) -> Outcome:
-    first = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    first = _inputs(case, case.state_dict, rank, ROOT)
     other = _other(case)
-    second = RankInputs(other, case.seed + 1, rank, case.world_size, "compared_state_dict")
+    second = _inputs(case, other, rank, "compared_state_dict", seed_offset=1)
     untouched = {ROOT: first.observe_all(), "compared_state_dict": second.observe_all()}
     similar = pair_mismatch(case.state_dict, other, rank, case.world_size, local=False) is None
     return Outcome(ValueObs("bool", similar), untouched)
@@ -359,13 +402,14 @@ def _similarity(case: Case, rank: int) -> Outcome:
 def loaded_piece(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tensor:
     """The piece of ``full`` a rank's DTensor holds after loading (CONTRACT, *DTensor pieces*):
     sharding dims as the placement models split; a Partial dim reduces back to ``full``
-    exactly (sum: coordinate 0 holds it, the others zeros; product: ones; else all hold it)."""
+    exactly (sum, bxor: coordinate 0 holds it, the others zeros; product: ones; else all
+    hold it)."""
     coord = coordinate_of(rank, leaf.mesh_shape)
     piece = full
     for index, (n, placement) in enumerate(zip(leaf.mesh_shape, leaf.placements, strict=True)):
         if placement.kind == "partial":
             op = placement.param("reduce_op")
-            if coord[index] != 0 and op == "sum":
+            if coord[index] != 0 and op in ("sum", "bxor"):
                 piece = torch.zeros_like(piece)
             elif coord[index] != 0 and op == "product":
                 piece = torch.ones_like(piece)
@@ -375,11 +419,19 @@ def loaded_piece(full: torch.Tensor, leaf: DTensorSpec, rank: int) -> torch.Tens
     return piece.contiguous()
 
 
+def _device_arg_type(case: Case) -> str:
+    """The device type of a loading utility's ``device`` argument ("rank": the rank's own)."""
+    device = case.kwarg("device", "rank")
+    return device_type_of(case) if device == "rank" else torch.device(device).type
+
+
 def _load(case: Case, rank: int, strict: bool) -> Outcome:
     """broadcast_state_dict / distribute_state_dict: local_state_dict after loading full."""
-    full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
-    local = RankInputs(_other(case), case.seed + 1, rank, case.world_size, "local_state_dict")
+    full = _inputs(case, case.state_dict, rank, FULL_ROOT)
+    local = _inputs(case, _other(case), rank, "local_state_dict", seed_offset=1)
     full_items = dict(_full_items(case.state_dict))
+    offload = bool(case.kwarg("cpu_offload", False))
+    stored_on = "cpu" if offload else _device_arg_type(case)
     after: list[tuple[Any, Any]] = []
     for key, spec in _local_items(_other(case)):
         path = (key,)
@@ -394,10 +446,13 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
             after.append((key, local.unchanged(path, spec)))  # tensors go into non-None entries
         else:
             data = full.global_value(source, path)
-            if isinstance(spec, DTensorSpec):
-                after.append((key, tensor_obs(spec, loaded_piece(data, spec, rank), aliases=ANY)))
+            if isinstance(spec, DTensorSpec):  # the piece on the mesh's device (then CPU)
+                on = "cpu" if offload else local.device_type
+                after.append(
+                    (key, tensor_obs(spec, loaded_piece(data, spec, rank), device_type=on, aliases=ANY))
+                )
             else:
-                after.append((key, tensor_obs(source, data, aliases=None)))
+                after.append((key, tensor_obs(source, data, device_type=stored_on, aliases=None)))
     keys = tuple(k for k, _ in after)
     mutated = {"local_state_dict": Container("dict", keys, tuple(v for _, v in after))}
     if rank == 0 or case.utility == "distribute_state_dict":
@@ -408,12 +463,12 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
 def _broadcast_state_dict(case: Case, rank: int) -> Outcome:
     members = pg_ranks(case.kwarg("pg"), case.world_size)
     if rank not in members:  # outside the group: nothing is called, nothing changes
-        local = RankInputs(_other(case), case.seed + 1, rank, case.world_size, "local_state_dict")
+        local = _inputs(case, _other(case), rank, "local_state_dict", seed_offset=1)
         return Outcome(NONE, {"local_state_dict": local.observe_all()})
     outcome = _load(case, rank, strict=bool(case.kwarg("strict", False)))
     outcome.mutated.pop(FULL_ROOT, None)
     if rank == members[0]:  # the source keeps its full state dict as it was
-        full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
+        full = _inputs(case, case.state_dict, rank, FULL_ROOT)
         outcome.mutated[FULL_ROOT] = full.observe_all()
     return outcome
 
@@ -429,7 +484,7 @@ def _broadcast_tensors(case: Case, rank: int) -> Outcome:
     narrowed = DictSpec(tuple((k, v) for k, v in full_sd.items if k in keys), full_sd.kind)
     loaded = _load(replace(case, state_dict=narrowed), rank, strict=False)
     if rank == 0:
-        full = RankInputs(case.state_dict, case.seed, rank, case.world_size, FULL_ROOT)
+        full = _inputs(case, case.state_dict, rank, FULL_ROOT)
         loaded.mutated[FULL_ROOT] = full.observe_all()
     else:
         loaded.mutated.pop(FULL_ROOT, None)
@@ -437,18 +492,21 @@ def _broadcast_tensors(case: Case, rank: int) -> Outcome:
 
 
 def _distribute_tensors(case: Case, rank: int) -> Outcome:
-    local = RankInputs(case.state_dict, case.seed, rank, case.world_size, "local_state_dict")
-    fulls = RankInputs(global_specs(case.state_dict), case.seed + 1, rank, case.world_size, FULL_ROOT)
+    local = _inputs(case, case.state_dict, rank, "local_state_dict")
+    fulls = _inputs(case, global_specs(case.state_dict), rank, FULL_ROOT, seed_offset=1)
     keys = set(case.kwarg("keys", ()))
     meta = bool(case.kwarg("meta", False))
 
     def leaf(path: Path, spec: Leaf) -> Any:
-        if path[0] not in keys:
+        if path[0] not in keys or not isinstance(spec, DTensorSpec):  # not a pair: untouched
             return local.unchanged(path, spec) if not meta else _meta_obs(spec, path, local)
-        dtensor = cast(DTensorSpec, spec)  # distribute_tensors_cases: every leaf is a DTensor
+        dtensor = spec
         full = fulls.global_value(dtensor.tensor, path)
         return tensor_obs(
-            dtensor, loaded_piece(full, dtensor, rank), aliases=None if meta else local.owner(dtensor, path)
+            dtensor,
+            loaded_piece(full, dtensor, rank),
+            device_type=local.device_type,  # the mesh's device, also for a meta DTensor's replacement
+            aliases=None if meta else local.owner(dtensor, path),
         )
 
     return Outcome(NONE, {"local_state_dict": map_spec(case.state_dict, leaf)})
@@ -470,7 +528,7 @@ def flatten_paths(spec: Spec) -> list[tuple[str, Path]]:
 
 
 def _flatten(case: Case, rank: int) -> Outcome:
-    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    inputs = _inputs(case, case.state_dict, rank, ROOT)
     untouched = {ROOT: inputs.observe_all()}
     leaves = dict(iter_leaves(case.state_dict))
     seen: set[str] = set()
@@ -509,7 +567,7 @@ def object_path(spec: Spec, path: Path) -> tuple:
 def _unflatten(case: Case, rank: int) -> Outcome:
     """Nested plain dicts (str keys) and lists rebuilt from the flattened leaves (cases hold no
     empty containers, which flattening cannot represent)."""
-    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    inputs = _inputs(case, case.state_dict, rank, ROOT)
 
     def rebuilt(spec: Spec, path: Path) -> Any:
         if isinstance(spec, DictSpec):
@@ -524,13 +582,14 @@ def _unflatten(case: Case, rank: int) -> Outcome:
 
 
 def _all_gather_sharded(case: Case, rank: int) -> Outcome:
-    inputs = RankInputs(case.state_dict, case.seed, rank, case.world_size, ROOT)
+    inputs = _inputs(case, case.state_dict, rank, ROOT)
     spec = cast(ShardedTensorSpec, case.state_dict)  # all_gather_sharded_cases: one ShardedTensor
     full = inputs.global_value(spec, ())
     shape = tuple(spec.tensor.shape)
+    device = case.kwarg("device")  # else the group's device: the rank's own
     result = TensorObs(
         "Tensor",
-        "cpu",
+        torch.device(device).type if device not in (None, "rank") else inputs.device_type,
         spec.tensor.dtype,
         shape,
         full,

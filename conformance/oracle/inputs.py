@@ -90,7 +90,9 @@ def value_obs(
 class RankInputs:
     """One rank's view of one materialised argument: local tensors and their storage owners."""
 
-    def __init__(self, spec: Spec, seed: int, rank: int, world_size: int, root: str) -> None:
+    def __init__(
+        self, spec: Spec, seed: int, rank: int, world_size: int, root: str, device_type: str = "cpu"
+    ) -> None:
         self.spec, self.seed, self.rank, self.world_size, self.root = (
             spec,
             seed,
@@ -98,6 +100,7 @@ class RankInputs:
             world_size,
             root,
         )
+        self.device_type = device_type  # where the rank materialises its tensors
         leaves = list(iter_leaves(spec))
         self._footprints = share_group_footprints(leaves)
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -139,10 +142,10 @@ class RankInputs:
 
     def tensor_obs(self, leaf: TensorLeaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:
         """:func:`tensor_obs` with a ShardedTensor's layout (metadata and local shard shapes)
-        as this rank sees it."""
+        as this rank sees it, on this rank's device unless ``facts`` say otherwise."""
         if isinstance(leaf, ShardedTensorSpec):
             facts = {**sharded_layout(leaf, self.rank, self.world_size), **facts}
-        return tensor_obs(leaf, data, **facts)
+        return tensor_obs(leaf, data, **{"device_type": self.device_type, **facts})
 
     def owns_shard(self, leaf: ShardedTensorSpec) -> bool:
         return any(owner == self.rank for owner, _, _ in sharded_chunks(leaf, self.world_size))

@@ -1,15 +1,13 @@
 """Properties of all_gather_sharded_tensor: the full tensor from any chunk layout."""
 
-from hypothesis import given
-
-from conformance.properties import assert_conforms, cases_for
+from conformance.properties import assert_conforms, property_of
 
 
-@given(case=cases_for("all_gather_sharded_tensor"))
+@property_of("all_gather_sharded_tensor")
 def test_all_gather_sharded_tensor(harness, case):
     assert_conforms(harness, case)
 
 
-@given(case=cases_for("all_gather_sharded_tensor", pg="world"))
+@property_of("all_gather_sharded_tensor", pg="world")
 def test_all_gather_sharded_tensor_pg(harness, case):
     assert_conforms(harness, case)

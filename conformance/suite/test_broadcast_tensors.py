@@ -1,10 +1,8 @@
 """Properties of broadcast_tensors: named full tensors from rank 0 into local entries."""
 
-from hypothesis import given
-
-from conformance.properties import assert_conforms, cases_for
+from conformance.properties import assert_conforms, property_of
 
 
-@given(case=cases_for("broadcast_tensors"))
+@property_of("broadcast_tensors")
 def test_broadcast_tensors(harness, case):
     assert_conforms(harness, case)
