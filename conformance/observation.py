@@ -145,7 +145,7 @@ class Observer:
     :meth:`remember_inputs` indexes the input objects before the call, so that
     :meth:`observe_result` can tell which output *is* an input (``same_as``) and which outputs
     share storage with each other (``shares``). Arguments observed after the call
-    (:meth:`observe`) leave both facts open.
+    (:meth:`observe_argument`) carry ``same_as`` and leave sharing open.
     """
 
     def __init__(self, storages: dict[int, str] | None = None) -> None:
@@ -176,8 +176,13 @@ class Observer:
             self._sharing = None
 
     def observe(self, value: Any) -> Any:
-        """The observation of a value (an argument after the call): identity facts open."""
+        """The observation of a value: identity facts open."""
         return self._observe(value, None)
+
+    def observe_argument(self, value: Any) -> Any:
+        """The observation of an argument after the call: which of its objects *are* input
+        objects (``same_as``: an entry written in place, or replaced); sharing left open."""
+        return self._observe(value, ())
 
     def _identity(self, value: Any, path: tuple | None) -> dict[str, Any]:
         if path is None or self.objects is None:

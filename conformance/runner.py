@@ -249,7 +249,7 @@ def run_case(case: Case, target_name: str) -> Outcome:
     try:
         result = call()
     except Exception as exc:
-        mutated = {name: observer.observe(value) for name, value in arguments.items()}
+        mutated = {name: observer.observe_argument(value) for name, value in arguments.items()}
         return Outcome(RaisedObs(type(exc).__name__, str(exc)), mutated, may_desync=True)
     observed = observer.observe_result(result)
-    return Outcome(observed, {name: observer.observe(v) for name, v in arguments.items()})
+    return Outcome(observed, {name: observer.observe_argument(v) for name, v in arguments.items()})

@@ -108,6 +108,23 @@ OBSERVATION_BUGS: tuple[PlantedBug, ...] = (
     ),
 )
 
+#: In-place loading (CONTRACT broadcast_state_dict step 3): a DTensor entry keeps its object.
+IN_PLACE_BUGS: tuple[PlantedBug, ...] = (
+    PlantedBug(
+        "broadcast-replaces-dtensor-entries",
+        (),
+        "broadcast_state_dict",
+        "            ret = local_state\n"
+        "            # Copy full_tensor[slices] into local_state.to_local() to reduce memory footprint.\n"
+        "            ret.to_local().copy_(full_tensor[tuple(slices)])\n",
+        "            ret = DTensor.from_local(\n"
+        "                full_tensor[tuple(slices)].clone(), local_state.device_mesh, local_state.placements,\n"
+        "                shape=local_state.shape, stride=local_state.stride(),\n"
+        "            )\n",
+        r"is a new object, expected the input object local_state_dict",
+    ),
+)
+
 #: Bugs of what the strategies draw (issue 10's "Draw" bullets): each is caught only because
 #: the feature it needs is drawn.
 REACH_BUGS: tuple[PlantedBug, ...] = (
@@ -173,7 +190,7 @@ REACH_BUGS: tuple[PlantedBug, ...] = (
     ),
 )
 
-_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS + REACH_BUGS}
+_BY_NAME = {bug.name: bug for bug in OBSERVATION_BUGS + IN_PLACE_BUGS + REACH_BUGS}
 TORCH = load_divergences("torch")
 
 

@@ -154,7 +154,11 @@ PLANTED: tuple[PlantedBug, ...] = (
     ),
     PlantedBug(
         "broadcast-zero-dim-zeroed",
-        ("zero-dim-loaded-as-object", "wide-unsigned-zero-dim-unpicklable"),
+        (
+            "zero-dim-loaded-as-object",
+            "wide-unsigned-zero-dim-unpicklable",
+            "zero-dim-dtensor-entry-replaced",
+        ),
         "broadcast_state_dict",
         "            elif value.dim() == 0:\n                ret[key] = value.cpu()\n",
         "            elif value.dim() == 0:\n                ret[key] = torch.zeros_like(value.cpu())\n",
@@ -236,6 +240,7 @@ PLANTED: tuple[PlantedBug, ...] = (
             "gloo-dtype-broadcast-raises",
             "distribute-partial-sum-divided",
             "distribute-partial-op-unsupported",
+            "distribute-replaces-dtensor",
         ),
         "distribute_state_dict",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",

@@ -446,13 +446,25 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
             after.append((key, local.unchanged(path, spec)))  # tensors go into non-None entries
         else:
             data = full.global_value(source, path)
-            if isinstance(spec, DTensorSpec):  # the piece on the mesh's device (then CPU)
-                on = "cpu" if offload else local.device_type
+            if isinstance(spec, DTensorSpec):  # the same DTensor, its local tensor written in place
+                moved = offload and local.device_type != "cpu"  # dtensor.cpu(): a new DTensor
+                kept = not moved
                 after.append(
-                    (key, tensor_obs(spec, loaded_piece(data, spec, rank), device_type=on, aliases=ANY))
+                    (
+                        key,
+                        tensor_obs(
+                            spec,
+                            loaded_piece(data, spec, rank),
+                            device_type="cpu" if offload else local.device_type,
+                            aliases=local.owner(spec, path) if kept else None,
+                            same_as=format_path(path, "local_state_dict") if kept else None,
+                        ),
+                    )
                 )
-            else:
-                after.append((key, tensor_obs(source, data, device_type=stored_on, aliases=None)))
+            else:  # a new plain tensor
+                after.append(
+                    (key, tensor_obs(source, data, device_type=stored_on, aliases=None, same_as=None))
+                )
     keys = tuple(k for k, _ in after)
     mutated = {"local_state_dict": Container("dict", keys, tuple(v for _, v in after))}
     if rank == 0 or case.utility == "distribute_state_dict":
@@ -507,6 +519,8 @@ def _distribute_tensors(case: Case, rank: int) -> Outcome:
             loaded_piece(full, dtensor, rank),
             device_type=local.device_type,  # the mesh's device, also for a meta DTensor's replacement
             aliases=None if meta else local.owner(dtensor, path),
+            # written in place: the DTensor of the (DTensor, full tensor) pair it was passed in
+            same_as=None if meta else format_path((*path, 0), "local_state_dict"),
         )
 
     return Outcome(NONE, {"local_state_dict": map_spec(case.state_dict, leaf)})
