@@ -340,9 +340,29 @@ def distribute_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Cas
     loaded = dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS, dtypes=TREE_DTYPES)
     entries = st.one_of(loaded, loaded, loaded, tensor_specs(dtypes=TREE_DTYPES))
     local = DictSpec(tuple((n, draw(entries, label=f"entry {n}")) for n in names))
-    keys = draw(st.lists(st.sampled_from([*names, "absent"]), unique=True), label="distributed keys")
+    keys = draw(
+        st.lists(st.sampled_from([*names, "absent"]), min_size=1, unique=True), label="distributed keys"
+    )
     kwargs = _kwargs(keys=tuple(keys), meta=draw(st.booleans()) or None, pg=draw(PGS))
-    return Case("distribute_tensors", ws, draw(SEEDS), local, kwargs=kwargs)
+    fulls = None  # the full tensors are the DTensors' global tensors ...
+    paired = [k for k in keys if isinstance(dict(local.items).get(k), DTensorSpec)]
+    if paired and draw(st.integers(0, 2), label="full shape mismatch") == 0:
+        # ... except, in a third of the cases, the last pair's full tensor has another shape:
+        # the call must raise ValueError there (after loading the earlier keys)
+        fulls = DictSpec(
+            tuple(
+                (k, _other_shape(v.tensor) if k == paired[-1] else v.tensor)
+                for k, v in local.items
+                if isinstance(v, DTensorSpec)
+            )
+        )
+    return Case("distribute_tensors", ws, draw(SEEDS), local, other=fulls, kwargs=kwargs)
+
+
+def _other_shape(tensor: TensorSpec) -> TensorSpec:
+    """``tensor`` with its last side one longer (a 0-d tensor becomes 1-D)."""
+    shape = (*tensor.shape[:-1], tensor.shape[-1] + 1) if tensor.shape else (1,)
+    return TensorSpec(shape, tensor.dtype)
 
 
 CASES: dict[str, Callable[[Sequence[int]], st.SearchStrategy[Case]]] = {

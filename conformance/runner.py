@@ -170,18 +170,24 @@ def _call_broadcast_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], 
 
 def _call_distribute_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
     """``state_dict`` holds local DTensors and plain tensors; each DTensor named in ``keys`` is
-    paired with its full tensor (values drawn under the ``full_state_dict`` root), other
-    entries and absent keys are passed as they are."""
+    paired with its full tensor (:func:`distributed_fulls`, values drawn under the
+    ``full_state_dict`` root), other entries and absent keys are passed as they are."""
     from torch.distributed.tensor import DTensor
 
     local = c.build(c.case.state_dict, "local_state_dict", meta_dtensors=bool(c.case.kwarg("meta"))).value
-    full = c.build(global_specs(c.case.state_dict), FULL_ROOT, seed_offset=1).value
+    full = c.build(distributed_fulls(c.case), FULL_ROOT, seed_offset=1).value
     keys = list(c.case.kwarg("keys", ()))
     for key in keys:
         if isinstance(local.get(key), DTensor):
             local[key] = (local[key], full[key])
     device, pg = c.device_kwarg(), c.pg_kwarg()
     return (lambda: fn(local, keys, device, pg)), {"local_state_dict": local}
+
+
+def distributed_fulls(case: Any) -> Any:
+    """The full tensors a ``distribute_tensors`` case pairs with its DTensors: ``case.other``
+    where the case gives them (a shape may differ), else each DTensor's global tensor."""
+    return case.other if case.other is not None else global_specs(case.state_dict)
 
 
 def global_specs(spec: Any) -> Any:

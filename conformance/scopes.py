@@ -313,14 +313,12 @@ def _source_value(case: Case, diff: Difference) -> Any:
     a loaded local state dict); None when there is no tensor there."""
     from conformance.oracle.expect import loaded_piece
     from conformance.oracle.inputs import RankInputs
-    from conformance.runner import FULL_ROOT, ROOT, global_specs
+    from conformance.runner import FULL_ROOT, ROOT, distributed_fulls
 
     if diff.root in ("copy_state_dict", "compared_state_dict"):
         inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, ROOT)
     elif diff.root == "local_state_dict" and case.utility == "distribute_tensors":
-        inputs = RankInputs(
-            global_specs(case.state_dict), case.seed + 1, diff.rank, case.world_size, FULL_ROOT
-        )
+        inputs = RankInputs(distributed_fulls(case), case.seed + 1, diff.rank, case.world_size, FULL_ROOT)
     elif diff.root in ("local_state_dict", "law:broadcast_is_distribute"):  # the law's sides load it
         inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, FULL_ROOT)
     else:
@@ -400,6 +398,22 @@ def holds_source_values_divided(case: Case, diff: Difference) -> bool:
     return wanted.shape == observed.shape and bool(torch.allclose(observed, wanted, equal_nan=True))
 
 
+def distribute_full_shape_differs(case: Case, diff: Difference) -> bool:
+    """Case scope: a ``distribute_tensors`` pair of ``keys`` whose full tensor's shape differs
+    from its DTensor's global shape; for a difference on an entry, that pair's entry."""
+    if case.utility != "distribute_tensors" or not isinstance(case.other, DictSpec):
+        return False
+    if not isinstance(case.state_dict, DictSpec):
+        return False
+    local, fulls = dict(case.state_dict.items), dict(case.other.items)
+    differing = {
+        k
+        for k in case.kwarg("keys", ())
+        if isinstance(local.get(k), DTensorSpec) and k in fulls and fulls[k].shape != local[k].tensor.shape
+    }
+    return bool(differing) and (not diff.path or diff.path[0] in differing)
+
+
 def rank_outside_ranks_only(case: Case, diff: Difference) -> bool:
     """Case scope: the difference is on a rank that ``ranks_only`` leaves out."""
     ranks_only = case.kwarg("ranks_only", ())
@@ -449,6 +463,7 @@ SCOPES: dict[str, Scope] = {
             similarity_mismatch_torch_ignores,
             holds_source_values,
             holds_source_values_divided,
+            distribute_full_shape_differs,
         )
     },
     # torch 2.14 no longer redistributes sum / avg / min / max Partials in deepcopy

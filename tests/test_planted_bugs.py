@@ -94,7 +94,7 @@ PLANTED: tuple[PlantedBug, ...] = (
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
         "            else:\n                local_state_dict[key] = torch.zeros_like(value).to(device)\n",
         r"local_state_dict\[.*data differs",
-        examples=250,  # plain-tensor local entries are one local kind in five
+        examples=500,  # an int32 full tensor into a plain-tensor local entry (one local kind in five)
     ),
     PlantedBug(
         "broadcast-cpu-offload-zeroes",
@@ -127,7 +127,13 @@ PLANTED: tuple[PlantedBug, ...] = (
     ),
     PlantedBug(
         "distribute-tensors-flips-partial-and-strided",
-        ("partial-pieces-n-times", "partial-empty-bool-becomes-float", "strided-shard-pieces-wrong"),
+        (
+            "partial-pieces-n-times",
+            "partial-empty-bool-becomes-float",
+            "strided-shard-pieces-wrong",
+            "distribute-tensors-shape-mismatch-undetected",
+            "distribute-tensors-shape-mismatch-loaded",
+        ),
         "distribute_tensors",
         "            ret.to_local().copy_(full_tensor[tuple(slices)])\n",
         "            piece = full_tensor[tuple(slices)]\n"
@@ -233,9 +239,10 @@ PLANTED: tuple[PlantedBug, ...] = (
         "        value = value.double() if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool) else value\n"
         "        if isinstance(value, AsyncCollectiveTensor):\n",
         r"dtype is torch\.float64, expected torch\.u?int\d+",
+        examples=250,  # an integer DTensor in a case torch gathers without raising
     ),
     PlantedBug(
-        "distribute-int32-becomes-float64",
+        "distribute-integers-become-float64",
         (
             "gloo-dtype-broadcast-raises",
             "distribute-partial-sum-divided",
@@ -245,10 +252,10 @@ PLANTED: tuple[PlantedBug, ...] = (
         "distribute_state_dict",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n"
-        "                if value.dtype == torch.int32:\n"
+        "                if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):\n"
         "                    local_state_dict[key] = local_state_dict[key].double()\n",
-        r"dtype is torch\.float64, expected torch\.int32",
-        examples=250,  # plain-tensor local entries are one local kind in five
+        r"dtype is torch\.float64, expected torch\.u?int\d+",
+        examples=250,  # an integer full tensor into a plain-tensor local entry (one local kind in five)
     ),
     PlantedBug(
         "create-cpu-dtensor-flattened",

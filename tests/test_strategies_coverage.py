@@ -206,6 +206,11 @@ def _not_a_pair(case) -> bool:
     return any(not isinstance(entries.get(k), DTensorSpec) for k in case.kwarg("keys", ()))
 
 
+def _pairs(case) -> int:
+    entries = dict(case.state_dict.items)
+    return sum(isinstance(entries.get(k), DTensorSpec) for k in case.kwarg("keys", ()))
+
+
 #: (feature, minimum rate, which cases count, which of those have it), over the cases of every
 #: utility at world sizes 2 and 4, as the ci profile draws them.
 FEATURES = (
@@ -244,6 +249,14 @@ FEATURES = (
         lambda c, ds: any((t := _tensor_of(x)) is not None and t.dtype in NON_GLOO for x in _leaves(c)),
     ),
     (
+        "ShardedTensor with several chunks on a rank (of cases with ShardedTensors)",
+        0.10,
+        lambda c, ds: any(isinstance(x, ShardedTensorSpec) for x in _leaves(c)),
+        lambda c, ds: any(
+            isinstance(x, ShardedTensorSpec) and len(set(x.rank_order)) < len(x.rank_order) for x in _leaves(c)
+        ),
+    ),
+    (
         "shared storage (of cases with 2+ plain tensors)",
         0.10,
         lambda c, ds: sum(isinstance(x, TensorSpec) for x in _leaves(c)) >= 2,
@@ -254,6 +267,12 @@ FEATURES = (
         0.30,
         lambda c, ds: c.utility == "distribute_tensors" and bool(c.kwarg("keys")),
         lambda c, ds: _not_a_pair(c),
+    ),
+    (
+        "distribute_tensors pair whose full tensor has another shape (of its cases with pairs)",
+        0.10,
+        lambda c, ds: c.utility == "distribute_tensors" and _pairs(c) > 0,
+        lambda c, ds: c.other is not None,
     ),
 )
 MIN_RATES = {name: rate for name, rate, _, _ in FEATURES}

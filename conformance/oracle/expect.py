@@ -31,7 +31,7 @@ from conformance.oracle.inputs import (
     tensor_obs,
     value_obs,
 )
-from conformance.runner import FULL_ROOT, ROOT, global_specs, pg_ranks
+from conformance.runner import FULL_ROOT, ROOT, distributed_fulls, pg_ranks
 from strategies.placements import coordinate_of, split_over_mesh
 from strategies.spec import (
     DictSpec,
@@ -504,26 +504,45 @@ def _broadcast_tensors(case: Case, rank: int) -> Outcome:
 
 
 def _distribute_tensors(case: Case, rank: int) -> Outcome:
+    """Pairs of ``keys`` are processed in order: each becomes its DTensor holding its piece,
+    until a pair whose full tensor's shape differs from the DTensor's global shape raises
+    ValueError; that pair and the later ones stay as they were passed (the pair tuples)."""
     local = _inputs(case, case.state_dict, rank, "local_state_dict")
-    fulls = _inputs(case, global_specs(case.state_dict), rank, FULL_ROOT, seed_offset=1)
-    keys = set(case.kwarg("keys", ()))
+    fulls_spec = cast(DictSpec, distributed_fulls(case))
+    fulls = _inputs(case, fulls_spec, rank, FULL_ROOT, seed_offset=1)
+    local_items, full_items = dict(_local_items(case.state_dict)), dict(fulls_spec.items)
     meta = bool(case.kwarg("meta", False))
+    paired = [k for k in case.kwarg("keys", ()) if isinstance(local_items.get(k), DTensorSpec)]
+    loaded: list[Key] = []
+    error: Any = NONE  # the result: None, or the ValueError of the first mismatching pair
+    for key in paired:
+        dtensor = cast(DTensorSpec, local_items[key])
+        if tuple(full_items[key].shape) != tuple(dtensor.tensor.shape):
+            error = RaisedObs(
+                "ValueError", f"distribute_tensors: local_state_dict[{key!r}]: DTensor global shape"
+            )
+            break
+        loaded.append(key)
 
     def leaf(path: Path, spec: Leaf) -> Any:
-        if path[0] not in keys or not isinstance(spec, DTensorSpec):  # not a pair: untouched
-            return local.unchanged(path, spec) if not meta else _meta_obs(spec, path, local)
-        dtensor = spec
-        full = fulls.global_value(dtensor.tensor, path)
-        return tensor_obs(
-            dtensor,
-            loaded_piece(full, dtensor, rank),
-            device_type=local.device_type,  # the mesh's device, also for a meta DTensor's replacement
-            aliases=None if meta else local.owner(dtensor, path),
-            # written in place: the DTensor of the (DTensor, full tensor) pair it was passed in
-            same_as=None if meta else format_path((*path, 0), "local_state_dict"),
-        )
+        key = path[0]
+        if key in loaded:
+            dtensor = cast(DTensorSpec, spec)
+            full = fulls.global_value(full_items[key], path)
+            return tensor_obs(
+                dtensor,
+                loaded_piece(full, dtensor, rank),
+                device_type=local.device_type,  # the mesh's device, also for a meta DTensor's replacement
+                aliases=None if meta else local.owner(dtensor, path),
+                # written in place: the DTensor of the (DTensor, full tensor) pair it was passed in
+                same_as=None if meta else format_path((*path, 0), "local_state_dict"),
+            )
+        untouched = local.unchanged(path, spec) if not meta else _meta_obs(spec, path, local)
+        if key in paired:  # not reached: still the (DTensor, full tensor) pair
+            return Container("tuple", (0, 1), (untouched, fulls.unchanged(path, full_items[key])))
+        return untouched
 
-    return Outcome(NONE, {"local_state_dict": map_spec(case.state_dict, leaf)})
+    return Outcome(error, {"local_state_dict": map_spec(case.state_dict, leaf)})
 
 
 def _meta_obs(spec: Leaf, path: Path, local: RankInputs) -> Any:
