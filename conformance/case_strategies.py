@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from hypothesis import strategies as st
 
 from conformance.case import Case
+from conformance.runner import pg_ranks
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -44,6 +46,10 @@ def ranks_only_for(world_size: int) -> st.SearchStrategy[tuple[int, ...]]:
 
 
 PGS = st.sampled_from([None, "world", "copy"])
+#: ``pg`` choices of the utilities that take group rank 0 as their source: "tail" is a subgroup
+#: without global rank 0 (so its source is global rank 1). DTensors live on meshes over every
+#: rank, so such cases hold plain tensors only.
+SUBGROUP_PGS = st.sampled_from([None, "world", "copy", "tail"])
 
 
 def optional(strategy: st.SearchStrategy) -> st.SearchStrategy:
@@ -241,8 +247,11 @@ def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 @st.composite
 def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
-    spec = draw(sharded_tensor_specs(ws, dtypes=TREE_DTYPES), label="sharded tensor")
-    return Case("all_gather_sharded_tensor", ws, draw(SEEDS), spec, kwargs=_kwargs(pg=draw(PGS)))
+    pg = draw(SUBGROUP_PGS, label="pg")
+    members = pg_ranks(pg, ws)  # a subgroup's ShardedTensor lives on its members (global ranks)
+    spec = draw(sharded_tensor_specs(len(members), dtypes=TREE_DTYPES), label="sharded tensor")
+    spec = replace(spec, rank_order=tuple(members[r] for r in spec.rank_order))
+    return Case("all_gather_sharded_tensor", ws, draw(SEEDS), spec, kwargs=_kwargs(pg=pg))
 
 
 @st.composite
@@ -295,9 +304,7 @@ def broadcast_cases(
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
     if utility == "broadcast_state_dict":
-        # "tail": a subgroup without global rank 0 (so its source is global rank 1); DTensors
-        # live on meshes over every rank, so such cases hold plain tensors only
-        pg = draw(st.sampled_from([None, "world", "copy", "tail"]), label="pg")
+        pg = draw(SUBGROUP_PGS, label="pg")
         kwargs = _kwargs(
             strict=draw(optional(st.booleans())), cpu_offload=draw(optional(st.booleans())), pg=pg
         )
@@ -317,14 +324,17 @@ def broadcast_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case
         full = DictSpec((*full.items, ("w", TensorSpec((3,), "float32"))))
         tensor_keys = ["w"]
     keys = draw(st.lists(st.sampled_from(tensor_keys), min_size=1, unique=True), label="keys")
-    local = draw(local_for(full, ws, tensors_only=True), label="local_state_dict")
+    pg = draw(SUBGROUP_PGS, label="pg")
+    local = draw(
+        local_for(full, ws, tensors_only=True, allow_dtensors=pg != "tail"), label="local_state_dict"
+    )
     return Case(
         "broadcast_tensors",
         ws,
         draw(SEEDS),
         full,
         other=local,
-        kwargs=_kwargs(keys=tuple(keys), pg=draw(PGS)),
+        kwargs=_kwargs(keys=tuple(keys), pg=pg),
     )
 
 

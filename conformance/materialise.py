@@ -99,11 +99,19 @@ class Builder:
     """Builds live values on one rank; ``mesh`` and ``group`` come from the world context."""
 
     def __init__(
-        self, seed: int, rank: int, world_size: int, device: torch.device, mesh: Any, root: str
+        self,
+        seed: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        mesh: Any,
+        root: str,
+        sharded_group: Any = None,
     ) -> None:
         self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
         self.mesh = mesh  # callable: shape -> DeviceMesh
         self.root = root
+        self.sharded_group = sharded_group  # the process group of ShardedTensors (None: default)
         self.storages: dict[int, str] = {}
         self.keepalive: list[torch.Tensor] = []
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -196,4 +204,6 @@ class Builder:
         global_meta = ShardedTensorMetadata(
             metadata, torch.Size(shape), TensorProperties(dtype=full.dtype, layout=torch.strided)
         )
-        return ShardedTensor._init_from_local_shards_and_global_metadata(local_shards, global_meta)
+        return ShardedTensor._init_from_local_shards_and_global_metadata(
+            local_shards, global_meta, process_group=self.sharded_group
+        )

@@ -56,10 +56,17 @@ class CallContext:
         self.storages: dict[int, str] = {}
         self.inputs: list[torch.Tensor] = []  # alive until the outcome is observed
 
-    def build(self, spec: Any, root: str, seed_offset: int = 0, meta_dtensors: bool = False) -> Materialised:
-        built = Builder(self.case.seed + seed_offset, *self.builder_args, root=root).build(
-            spec, meta_dtensors
-        )
+    def build(
+        self,
+        spec: Any,
+        root: str,
+        seed_offset: int = 0,
+        meta_dtensors: bool = False,
+        sharded_group: Any = None,
+    ) -> Materialised:
+        built = Builder(
+            self.case.seed + seed_offset, *self.builder_args, root=root, sharded_group=sharded_group
+        ).build(spec, meta_dtensors)
         for ptr, path in built.storages.items():
             self.storages.setdefault(ptr, path)
         self.inputs.extend(built.tensors)
@@ -159,12 +166,17 @@ def _call_distribute_state_dict(c: CallContext, fn: Callable) -> tuple[Callable[
 
 
 def _call_broadcast_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """Group rank 0 passes the full tensors, the other members their size and dtype; ranks
+    outside the group do not call."""
     full, local = _full_and_local(c, only_rank0=False)
     keys = list(c.case.kwarg("keys", ()))
-    if c.rank != 0:
+    source = c.rank == pg_ranks(c.case.kwarg("pg"), context().world_size)[0]
+    if not source:
         full = {k: TensorInfo(v.size(), v.dtype) if torch.is_tensor(v) else v for k, v in full.items()}
     device, pg = c.device_kwarg(), c.pg_kwarg()
-    arguments = {"local_state_dict": local} | ({FULL_ROOT: full} if c.rank == 0 else {})
+    arguments = {"local_state_dict": local} | ({FULL_ROOT: full} if source else {})
+    if not c.in_pg():
+        return (lambda: None), arguments  # not a member: no call
     return (lambda: fn(full, local, keys, device, pg)), arguments
 
 
@@ -220,7 +232,11 @@ def _call_unflatten(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], di
 
 
 def _call_all_gather_sharded(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
-    st = c.build(c.case.state_dict, ROOT).value
+    """A subgroup ``pg`` (``"tail"``) also holds the ShardedTensor; its non-members do not call."""
+    if not c.in_pg():
+        return (lambda: None), {}
+    subgroup = c.pg_kwarg() if c.case.kwarg("pg") == "tail" else None
+    st = c.build(c.case.state_dict, ROOT, sharded_group=subgroup).value
     kwargs = {}
     if c.case.kwarg("pg") is not None:
         kwargs["pg"] = c.pg_kwarg()

@@ -116,12 +116,22 @@ def leaf_scope(test: Callable[[Spec], bool]) -> Scope:
 
 def sharded_tensor_not_dim0_in_rank_order(case: Case, diff: Difference) -> bool:
     """Leaf scope: a ShardedTensor chunked along a dim other than 0, or whose chunks are not
-    one per rank on ranks 0, 1, ... in order (several or none on a rank included), or empty
-    (torch assumes one dim-0 chunk per rank, in rank order)."""
+    one per rank on ranks 0, 1, ... in order (the members of a subgroup ``pg``, for
+    ``all_gather_sharded_tensor``; several or none on a rank included), or empty (torch
+    assumes one dim-0 chunk per group rank, in rank order)."""
+
+    from conformance.runner import pg_ranks
+
+    members = (
+        list(pg_ranks(case.kwarg("pg"), case.world_size))
+        if case.utility == "all_gather_sharded_tensor"
+        else None
+    )
 
     def not_torch_layout(spec: Spec) -> bool:
+        in_order = list(range(case.world_size)) if members is None else members
         return isinstance(spec, ShardedTensorSpec) and (
-            spec.dim != 0 or list(spec.rank_order) != list(range(case.world_size)) or spec.tensor.numel == 0
+            spec.dim != 0 or list(spec.rank_order) != in_order or spec.tensor.numel == 0
         )
 
     return leaf_scope(not_torch_layout)(case, diff)

@@ -178,6 +178,16 @@ REACH_BUGS: tuple[PlantedBug, ...] = (
         world_sizes=(2, 4),
         examples=40,
     ),
+    PlantedBug(  # sub-group pg: chunk sizes from the default group's size, not the pg's
+        "all-gather-sharded-sizes-chunks-by-world",
+        (),
+        "all_gather_sharded_tensor",
+        "    world_size = dist.get_world_size(pg)\n",
+        "    world_size = dist.get_world_size()\n",
+        r"raised|data differs",
+        world_sizes=(2, 4),
+        examples=60,
+    ),
     PlantedBug(  # every dtype: wide unsigned buffers made int64 (no collective involved)
         "create-cpu-widens-unsigned-buffers",
         (),

@@ -253,7 +253,8 @@ FEATURES = (
         0.10,
         lambda c, ds: any(isinstance(x, ShardedTensorSpec) for x in _leaves(c)),
         lambda c, ds: any(
-            isinstance(x, ShardedTensorSpec) and len(set(x.rank_order)) < len(x.rank_order) for x in _leaves(c)
+            isinstance(x, ShardedTensorSpec) and len(set(x.rank_order)) < len(x.rank_order)
+            for x in _leaves(c)
         ),
     ),
     (
@@ -267,6 +268,12 @@ FEATURES = (
         0.30,
         lambda c, ds: c.utility == "distribute_tensors" and bool(c.kwarg("keys")),
         lambda c, ds: _not_a_pair(c),
+    ),
+    (
+        "a subgroup pg without global rank 0 (of broadcast_state_dict / broadcast_tensors cases)",
+        0.15,
+        lambda c, ds: c.utility in ("broadcast_state_dict", "broadcast_tensors"),
+        lambda c, ds: c.kwarg("pg") == "tail",
     ),
     (
         "distribute_tensors pair whose full tensor has another shape (of its cases with pairs)",

@@ -490,12 +490,17 @@ def _distribute_state_dict(case: Case, rank: int) -> Outcome:
 
 
 def _broadcast_tensors(case: Case, rank: int) -> Outcome:
-    """Only the named keys are loaded; entries of other keys stay as they were."""
+    """Only the named keys are loaded, from group rank 0; entries of other keys stay as they
+    were, and ranks outside the group change nothing."""
+    members = pg_ranks(case.kwarg("pg"), case.world_size)
+    if rank not in members:
+        local = _inputs(case, _other(case), rank, "local_state_dict", seed_offset=1)
+        return Outcome(NONE, {"local_state_dict": local.observe_all()})
     keys = set(case.kwarg("keys", ()))
     full_sd = cast(DictSpec, case.state_dict)  # a full_state_dicts DictSpec
     narrowed = DictSpec(tuple((k, v) for k, v in full_sd.items if k in keys), full_sd.kind)
     loaded = _load(replace(case, state_dict=narrowed), rank, strict=False)
-    if rank == 0:
+    if rank == members[0]:
         full = _inputs(case, case.state_dict, rank, FULL_ROOT)
         loaded.mutated[FULL_ROOT] = full.observe_all()
     else:
@@ -615,6 +620,8 @@ def _unflatten(case: Case, rank: int) -> Outcome:
 
 
 def _all_gather_sharded(case: Case, rank: int) -> Outcome:
+    if rank not in pg_ranks(case.kwarg("pg"), case.world_size):  # outside the group: no call
+        return Outcome(NONE, {})
     inputs = _inputs(case, case.state_dict, rank, ROOT)
     spec = cast(ShardedTensorSpec, case.state_dict)  # all_gather_sharded_cases: one ShardedTensor
     full = inputs.global_value(spec, ())
