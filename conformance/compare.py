@@ -328,7 +328,7 @@ def _bitwise_equal(expected: torch.Tensor, observed: torch.Tensor) -> torch.Tens
     if expected.is_floating_point():
         width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[expected.element_size()]
         e, o = expected.contiguous().view(width), observed.contiguous().view(width)
-        nan_both = torch.isnan(expected) & torch.isnan(observed)
+        nan_both = torch.isnan(expected.float()) & torch.isnan(observed.float())  # float8 too
         return (e == o) | nan_both
     return expected == observed
 

@@ -232,14 +232,16 @@ def _call_unflatten(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], di
 
 
 def _call_all_gather_sharded(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """A subgroup ``pg`` (``"tail"``) also holds the ShardedTensor; its non-members do not call."""
+    """A subgroup ``pg`` (``"tail"``) also holds the ShardedTensor; its non-members do not call.
+    Every rank makes the group first (``new_group`` is collective over all ranks)."""
+    pg = c.pg_kwarg()
     if not c.in_pg():
         return (lambda: None), {}
-    subgroup = c.pg_kwarg() if c.case.kwarg("pg") == "tail" else None
+    subgroup = pg if c.case.kwarg("pg") == "tail" else None
     st = c.build(c.case.state_dict, ROOT, sharded_group=subgroup).value
     kwargs = {}
     if c.case.kwarg("pg") is not None:
-        kwargs["pg"] = c.pg_kwarg()
+        kwargs["pg"] = pg
     return (lambda: fn(st, **kwargs)), {ROOT: st}
 
 

@@ -26,6 +26,7 @@ from strategies.spec import (
     ValueSpec,
     iter_leaves,
 )
+from strategies.tensors import FLOAT8_DTYPES
 
 Scope = Callable[[Case, Difference], bool]
 
@@ -183,7 +184,7 @@ def empty_sharded_tensor(spec: Spec) -> bool:
 
 #: Dtypes gloo collectives reject with "Invalid scalar type" (strategies.tensors.ALL_DTYPES
 #: minus GLOO_DTYPES).
-GLOO_UNSUPPORTED_DTYPES = ("int16", "uint16", "uint32", "uint64")
+GLOO_UNSUPPORTED_DTYPES = ("int16", "uint16", "uint32", "uint64", *FLOAT8_DTYPES)
 
 
 def _gloo_cannot_carry(spec: Spec) -> bool:
@@ -193,9 +194,13 @@ def _gloo_cannot_carry(spec: Spec) -> bool:
 
 
 def wide_unsigned_zero_dim_tensor(spec: Spec) -> bool:
-    """A 0-d plain tensor of dtype uint16, uint32 or uint64 (torch's pickle, which the object
-    collectives use, cannot load them back)."""
-    return isinstance(spec, TensorSpec) and spec.ndim == 0 and spec.dtype in ("uint16", "uint32", "uint64")
+    """A 0-d plain tensor of dtype uint16, uint32, uint64 or float8 (torch's pickle, which the
+    object collectives use, cannot load them back)."""
+    return (
+        isinstance(spec, TensorSpec)
+        and spec.ndim == 0
+        and spec.dtype in ("uint16", "uint32", "uint64", *FLOAT8_DTYPES)
+    )
 
 
 def gloo_unsupported_dtype(case: Case, diff: Difference) -> bool:

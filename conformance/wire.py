@@ -1,9 +1,9 @@
 """How a rank's reply travels to the driver: pickled, with the tensors pickle cannot carry.
 
-torch 2.13 pickles a tensor through its legacy storage format, which has no uint16, uint32 or
-uint64 storage: the bytes are written but the driver cannot load them. :func:`dumps` sends
-such a tensor as its same-width signed view and rebuilds it (same shape, strides, values)
-on load.
+torch 2.13 pickles a tensor through its legacy storage format, which has no uint16, uint32,
+uint64 or float8 storage: the bytes are written but the driver cannot load them.
+:func:`dumps` sends such a tensor as its same-width integer view and rebuilds it (same
+shape, strides, bits) on load.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import torch
 
 _SIGNED_TWIN = {
     getattr(torch, name): signed
-    for name, signed in (("uint16", torch.int16), ("uint32", torch.int32), ("uint64", torch.int64))
+    for name, signed in (
+        ("uint16", torch.int16),
+        ("uint32", torch.int32),
+        ("uint64", torch.int64),
+        *(
+            (f8, torch.uint8)
+            for f8 in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu")
+        ),
+    )
     if hasattr(torch, name)
 }
 

@@ -20,9 +20,13 @@ _GLOO_WIDER = {torch.int16: torch.int32}
 for _name, _wide in (("uint16", torch.int32), ("uint32", torch.int64)):
     if hasattr(torch, _name):
         _GLOO_WIDER[getattr(torch, _name)] = _wide
-# No wider integer holds uint64: it travels reinterpreted as int64 (bit for bit; a Partial
-# uint64, which no backend reduces, is not supported).
+# No wider integer holds uint64, and no collective carries float8: they travel reinterpreted
+# as a same-width integer (bit for bit; a Partial of them, which no backend reduces, is not
+# supported).
 _SAME_WIDTH = {torch.uint64: torch.int64} if hasattr(torch, "uint64") else {}
+for _name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
+    if hasattr(torch, _name):
+        _SAME_WIDTH[getattr(torch, _name)] = torch.uint8
 
 
 def _mesh_device(mesh) -> torch.device:

@@ -51,6 +51,7 @@ from strategies.spec import (
 )
 from strategies.tensors import (
     ALL_DTYPES,
+    FLOAT8_DTYPES,
     GLOO_DTYPES,
     TREE_DTYPES,
     dtensor_specs,
@@ -86,6 +87,7 @@ __all__ = [
     "ALL_DTYPES",
     "BUILTIN_PLACEMENTS",
     "CONTAINER_KINDS",
+    "FLOAT8_DTYPES",
     "GLOO_DTYPES",
     "LAYOUTS",
     "LEAF_KINDS",

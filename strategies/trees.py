@@ -109,14 +109,17 @@ def _container(kind: str, children: list[Spec], dict_keys: list[Key]) -> Spec:
 def share_groups(draw: st.DrawFn, tree: Spec, *, max_groups: int = 2) -> Spec:
     """``tree`` with some plain tensor leaves put into share groups (``view_of``).
 
-    Labels embed dtype and per_rank, so members of a group always agree on both."""
+    A group's first member fixes its dtype and per_rank, which later members take (so that
+    groups form whatever the dtypes drawn); labels embed both."""
     replacements = {}
+    kinds: dict[int, tuple[str, bool]] = {}
     for path, leaf in iter_leaves(tree):
         if isinstance(leaf, TensorSpec):
             group = draw(st.one_of(st.none(), st.integers(0, max_groups - 1)), label="view_of")
             if group is not None:
-                label = f"g{group}-{leaf.dtype}-{'rank' if leaf.per_rank else 'same'}"
-                replacements[path] = TensorSpec(leaf.shape, leaf.dtype, leaf.layout, leaf.per_rank, label)
+                dtype, per_rank = kinds.setdefault(group, (leaf.dtype, leaf.per_rank))
+                label = f"g{group}-{dtype}-{'rank' if per_rank else 'same'}"
+                replacements[path] = TensorSpec(leaf.shape, dtype, leaf.layout, per_rank, label)
     return replace_leaves(tree, replacements)
 
 

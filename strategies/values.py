@@ -2,8 +2,9 @@
 
 Values are distinct per element (up to the dtype's range), small enough that sums of a few
 of them are exact in every floating dtype (integers below 128 in magnitude), and include
-NaN, -0.0 and +inf for floating and complex dtypes when there are enough elements. Integer
-dtypes get values spread over their whole range; bool gets both True and False.
+NaN, -0.0 and +inf for floating and complex dtypes when there are enough elements (float8:
+distinct finite values and NaN). Integer dtypes get values spread over their whole range;
+bool gets both True and False.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _values(numel: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     perm = torch.randperm(numel, generator=gen)
     if dtype == torch.bool:
         return (perm % 2).bool()
+    if dtype.is_floating_point and dtype.itemsize == 1:
+        return _float8_values(numel, dtype, gen)
     if dtype.is_floating_point or dtype.is_complex:
         real_dtype = torch.empty(0, dtype=dtype).real.dtype
         offset = int(torch.randint(255, (), generator=gen))
@@ -54,6 +57,21 @@ def _values(numel: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
         return values.to(torch.int64).to(dtype)
     span = min(hi, 2**62) // max(numel, 1)
     return (perm * span).to(torch.int64).to(dtype)
+
+
+def _float8_values(numel: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Distinct finite non-zero float8 values (every such bit pattern, shuffled, repeating past
+    their count), then NaN and -0.0 (where the format has it) at the end as elements allow."""
+    patterns = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(dtype)
+    as_float = patterns.float()
+    plain = patterns[torch.isfinite(as_float) & (as_float != 0)]
+    order = torch.randperm(len(plain), generator=gen)
+    values = plain[order[torch.arange(numel) % len(plain)]].clone()
+    negative_zero = torch.tensor(-0.0).to(dtype)
+    specials = [float("nan")] + ([-0.0] if torch.signbit(negative_zero.float()) else [])
+    for position, special in enumerate(specials[: max(0, min(len(specials), numel - 1))]):
+        values[numel - 1 - position] = special
+    return values
 
 
 def make_global_tensor(spec: TensorSpec, seed: int, path: Path, rank: int | None = None) -> torch.Tensor:
