@@ -139,6 +139,10 @@ class RankContext:
     def meshes(self) -> list[Any]:
         return list(self._meshes.values())
 
+    def groups(self) -> list[tuple[tuple[int, ...], Any]]:
+        """The cached process groups (:meth:`group`), with their global ranks."""
+        return list(self._groups.items())
+
 
 _context: RankContext | None = None
 
@@ -158,7 +162,9 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
 
 
 def _health_check() -> None:
-    """A collective on the default group and on every cached mesh dimension group."""
+    """A collective on the default group, on every cached mesh dimension group and on every
+    cached subgroup this rank belongs to (a raise inside a collective can leave any of them out
+    of step, and the next collective on it would hang)."""
     import torch
     import torch.distributed as dist
 
@@ -174,6 +180,12 @@ def _health_check() -> None:
             dist.all_reduce(probe, group=group)
             if int(probe.item()) != mesh.size(dim):
                 raise RuntimeError(f"health check: mesh dim {dim} all_reduce gave {probe.item()}")
+    for ranks, group in ctx.groups():
+        if ctx.rank in ranks:
+            probe = torch.ones(1, device=ctx.device)
+            dist.all_reduce(probe, group=group)
+            if int(probe.item()) != len(ranks):
+                raise RuntimeError(f"health check: group {ranks} all_reduce gave {probe.item()}")
 
 
 def _rank_main(
