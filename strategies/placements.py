@@ -127,7 +127,9 @@ class ShardModel(_IndexShardModel):
         if tensor.ndim == 0:
             return None
         n = mesh_shape[mesh_dim]
-        parents = parent_shapes(tensor, mesh_shape, previous)
+        # the parent shapes matter only after a _StridedShard (most draws have none)
+        strided = any(p.kind == "strided_shard" for p in previous)
+        parents = parent_shapes(tensor, mesh_shape, previous) if strided else set()
         dims = [d for d in range(tensor.ndim) if self._after_strided_ok(d, n, previous, parents)]
         if not dims:
             return None
@@ -448,10 +450,16 @@ def parent_shapes(
 ) -> set[tuple[int, ...]]:
     """The shapes the tensor has, across coordinates, after the placements ``previous`` on
     the first ``len(previous)`` mesh dims (what the next mesh dim splits)."""
+    return set(local_shapes(tensor, mesh_shape[: len(previous)], previous).values())
+
+
+def local_shapes(
+    tensor: TensorSpec, mesh_shape: tuple[int, ...], placements: tuple[PlacementSpec, ...]
+) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """The local shape at every mesh coordinate of ``tensor`` placed by ``placements``."""
     zeros = torch.zeros(tensor.shape, dtype=torch_dtype(tensor.dtype))
-    prefix = mesh_shape[: len(previous)]
-    parts = split_over_mesh(zeros, prefix, previous, torch.Generator().manual_seed(0))
-    return {tuple(t.shape) for t in parts.values()}
+    parts = split_over_mesh(zeros, mesh_shape, placements, torch.Generator().manual_seed(0))
+    return {coord: tuple(t.shape) for coord, t in parts.items()}
 
 
 def split_over_mesh(

@@ -32,7 +32,7 @@ from conformance.oracle.inputs import (
     value_obs,
 )
 from conformance.runner import FULL_ROOT, ROOT, distributed_fulls, pg_ranks
-from strategies.placements import coordinate_of, split_over_mesh
+from strategies.placements import coordinate_of, local_shapes, split_over_mesh
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -174,26 +174,12 @@ def _gather(case: Case, rank: int) -> Outcome:
     if ranks_only and rank not in ranks_only:
         return Outcome(_dropped(case.state_dict), untouched)
 
-    moved = bool(case.kwarg("cpu_offload", False)) and inputs.device_type != "cpu"
-    gathered_on = "cpu" if case.kwarg("cpu_offload", False) else inputs.device_type
+    offload = bool(case.kwarg("cpu_offload", False))
+    gathered_on = "cpu" if offload else inputs.device_type
 
     def leaf(path: Path, spec: Leaf) -> Any:
-        if isinstance(spec, TensorSpec) and moved:  # tensor.to("cpu"): a new tensor
-            return inputs.tensor_obs(
-                spec,
-                inputs.local(spec, path),
-                device_type="cpu",
-                aliases=None,
-                same_as=None,
-                keep_stride=True,
-            )
-        if isinstance(spec, TensorSpec):  # the same object
-            return inputs.tensor_obs(
-                spec,
-                inputs.local(spec, path),
-                aliases=inputs.owner(spec, path),
-                same_as=format_path(path, ROOT),
-            )
+        if isinstance(spec, TensorSpec):  # the same object unless it must move to CPU
+            return _moved_to_cpu_or_same(inputs, spec, path, moves=offload and inputs.device_type != "cpu")
         if isinstance(spec, (DTensorSpec, ShardedTensorSpec)):
             tolerance = reduction_tolerance(spec) if isinstance(spec, DTensorSpec) else None
             full = inputs.global_value(spec, path)
@@ -224,25 +210,20 @@ def _offload(case: Case, rank: int) -> Outcome:
         return Outcome(_dropped(case.state_dict), untouched)
 
     def leaf(path: Path, spec: Leaf) -> Any:
-        if isinstance(spec, TENSOR_SPECS) and inputs.device_type != "cpu":  # a new CPU tensor
-            return inputs.tensor_obs(
-                spec,
-                inputs.local(spec, path),
-                device_type="cpu",
-                aliases=None,
-                same_as=None,
-                keep_stride=True,
-            )
         if isinstance(spec, TENSOR_SPECS):  # on CPU already: the same object
-            return inputs.tensor_obs(
-                spec,
-                inputs.local(spec, path),
-                aliases=inputs.owner(spec, path),
-                same_as=format_path(path, ROOT),
-            )
+            return _moved_to_cpu_or_same(inputs, spec, path, moves=inputs.device_type != "cpu")
         return value_obs(spec, path, ROOT)
 
     return Outcome(new_tree(map_spec(case.state_dict, leaf)), untouched)
+
+
+def _moved_to_cpu_or_same(inputs: RankInputs, spec: TensorLeaf, path: Path, moves: bool) -> TensorObs:
+    """An input tensor leaf after ``.to("cpu")``: a new CPU tensor (strides kept) when it
+    ``moves``, else the input object itself."""
+    data = inputs.local(spec, path)
+    if moves:
+        return inputs.tensor_obs(spec, data, device_type="cpu", aliases=None, same_as=None, keep_stride=True)
+    return inputs.tensor_obs(spec, data, aliases=inputs.owner(spec, path), same_as=format_path(path, ROOT))
 
 
 def _dropped(spec: Spec) -> Any:
@@ -269,9 +250,9 @@ def _tensor_facts(leaf: TensorLeaf, rank: int, world_size: int, local: bool) -> 
     tensor = leaf if isinstance(leaf, TensorSpec) else leaf.tensor
     facts: tuple = (type(leaf).__name__, tensor.shape, tensor.dtype)
     if local and isinstance(leaf, DTensorSpec):
-        zeros = torch.zeros(tensor.shape, dtype=torch_dtype(tensor.dtype))
-        parts = split_over_mesh(zeros, leaf.mesh_shape, leaf.placements, torch.Generator().manual_seed(0))
-        facts += (tuple(parts[coordinate_of(rank, leaf.mesh_shape)].shape),)
+        facts += (
+            local_shapes(tensor, leaf.mesh_shape, leaf.placements)[coordinate_of(rank, leaf.mesh_shape)],
+        )
     if local and isinstance(leaf, ShardedTensorSpec):
         facts += (
             frozenset(
@@ -447,8 +428,7 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
         else:
             data = full.global_value(source, path)
             if isinstance(spec, DTensorSpec):  # the same DTensor, its local tensor written in place
-                moved = offload and local.device_type != "cpu"  # dtensor.cpu(): a new DTensor
-                kept = not moved
+                kept = not (offload and local.device_type != "cpu")  # else dtensor.cpu(): a new DTensor
                 after.append(
                     (
                         key,
@@ -473,15 +453,20 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
 
 
 def _broadcast_state_dict(case: Case, rank: int) -> Outcome:
+    return _from_group_rank0(case, rank, lambda: _load(case, rank, strict=bool(case.kwarg("strict", False))))
+
+
+def _from_group_rank0(case: Case, rank: int, load: Callable[[], Outcome]) -> Outcome:
+    """A load from group rank 0 of the case's ``pg``: ranks outside the group call nothing and
+    change nothing; the source keeps its full state dict as it was (the others hold none)."""
     members = pg_ranks(case.kwarg("pg"), case.world_size)
-    if rank not in members:  # outside the group: nothing is called, nothing changes
+    if rank not in members:
         local = _inputs(case, _other(case), rank, "local_state_dict", seed_offset=1)
         return Outcome(NONE, {"local_state_dict": local.observe_all()})
-    outcome = _load(case, rank, strict=bool(case.kwarg("strict", False)))
+    outcome = load()
     outcome.mutated.pop(FULL_ROOT, None)
-    if rank == members[0]:  # the source keeps its full state dict as it was
-        full = _inputs(case, case.state_dict, rank, FULL_ROOT)
-        outcome.mutated[FULL_ROOT] = full.observe_all()
+    if rank == members[0]:
+        outcome.mutated[FULL_ROOT] = _inputs(case, case.state_dict, rank, FULL_ROOT).observe_all()
     return outcome
 
 
@@ -492,20 +477,12 @@ def _distribute_state_dict(case: Case, rank: int) -> Outcome:
 def _broadcast_tensors(case: Case, rank: int) -> Outcome:
     """Only the named keys are loaded, from group rank 0; entries of other keys stay as they
     were, and ranks outside the group change nothing."""
-    members = pg_ranks(case.kwarg("pg"), case.world_size)
-    if rank not in members:
-        local = _inputs(case, _other(case), rank, "local_state_dict", seed_offset=1)
-        return Outcome(NONE, {"local_state_dict": local.observe_all()})
     keys = set(case.kwarg("keys", ()))
     full_sd = cast(DictSpec, case.state_dict)  # a full_state_dicts DictSpec
     narrowed = DictSpec(tuple((k, v) for k, v in full_sd.items if k in keys), full_sd.kind)
-    loaded = _load(replace(case, state_dict=narrowed), rank, strict=False)
-    if rank == members[0]:
-        full = _inputs(case, case.state_dict, rank, FULL_ROOT)
-        loaded.mutated[FULL_ROOT] = full.observe_all()
-    else:
-        loaded.mutated.pop(FULL_ROOT, None)
-    return loaded
+    return _from_group_rank0(
+        case, rank, lambda: _load(replace(case, state_dict=narrowed), rank, strict=False)
+    )
 
 
 def _distribute_tensors(case: Case, rank: int) -> Outcome:
