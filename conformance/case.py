@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from strategies.spec import Spec, spec_from_json, spec_to_json
+from strategies.spec import Spec, on_rank, spec_from_json, spec_to_json
 
 BLOB_PREFIX = "sdc1:"
 
@@ -59,6 +59,11 @@ class Case:
             else:
                 kwargs[name] = value
         return replace(self, kwargs=tuple(kwargs.items()))
+
+    def on_rank(self, rank: int) -> Case:
+        """This case as ``rank`` holds it (leaves held by some ranks only resolved)."""
+        other = None if self.other is None else on_rank(self.other, rank)
+        return replace(self, state_dict=on_rank(self.state_dict, rank), other=other)
 
     def call_kwargs(self) -> dict[str, Any]:
         return {k: tuple(v) if k in TUPLE_KWARGS else v for k, v in self.kwargs}

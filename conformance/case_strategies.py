@@ -18,6 +18,7 @@ from strategies.spec import (
     ShardedTensorSpec,
     Spec,
     TensorSpec,
+    UnsupportedSpec,
     ValueSpec,
     iter_leaves,
     replace_leaves,
@@ -46,9 +47,8 @@ def ranks_only_for(world_size: int) -> st.SearchStrategy[tuple[int, ...]]:
 
 
 PGS = st.sampled_from([None, "world", "copy"])
-#: ``pg`` choices of the utilities that take group rank 0 as their source: "tail" is a subgroup
-#: without global rank 0 (so its source is global rank 1). DTensors live on meshes over every
-#: rank, so such cases hold plain tensors only.
+#: ``pg`` choices with a subgroup: "tail" is every rank but global rank 0 (so group rank 0 is
+#: global rank 1). DTensors live on meshes over every rank, so such cases hold none.
 SUBGROUP_PGS = st.sampled_from([None, "world", "copy", "tail"])
 
 
@@ -66,20 +66,61 @@ def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
 @st.composite
 def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
-    sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
+    pg = draw(SUBGROUP_PGS, label="pg")
+    allow_unsupported = draw(st.booleans())
+    if pg == "tail":
+        sd = draw(subgroup_state_dicts(pg_ranks(pg, ws), allow_unsupported), label="state_dict")
+    else:
+        sd = draw(nested_state_dicts(ws, allow_unsupported=allow_unsupported), label="state_dict")
     kwargs = _kwargs(
         cpu_offload=draw(optional(st.booleans())),
         ranks_only=draw(optional(ranks_only_for(ws))),
         type_check=draw(optional(st.booleans())),
-        pg=draw(PGS),
+        pg=pg,
     )
     return Case("gather_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
+
+
+def on_members(spec: ShardedTensorSpec, members: Sequence[int]) -> ShardedTensorSpec:
+    """``spec`` drawn for ``len(members)`` ranks, its chunks moved to the members' global ranks."""
+    return replace(spec, rank_order=tuple(members[r] for r in spec.rank_order))
+
+
+@st.composite
+def subgroup_state_dicts(draw: st.DrawFn, members: Sequence[int], allow_unsupported: bool) -> DictSpec:
+    """A tree for a collective over the subgroup ``members`` (global ranks): no DTensors (their
+    meshes span every rank), ShardedTensors whose chunks live on the members only."""
+    kinds = ("tensor", "sharded_tensor", "value", "bytesio")
+    sd = draw(state_dict_specs(len(members), leaf_kinds=kinds, allow_unsupported=allow_unsupported))
+    return replace_leaves(
+        sd,
+        {
+            path: on_members(leaf, members)
+            for path, leaf in iter_leaves(sd)
+            if isinstance(leaf, ShardedTensorSpec)
+        },
+    )
+
+
+@st.composite
+def on_one_rank(draw: st.DrawFn, spec: Spec, world_size: int) -> Spec:
+    """``spec``, or (a third of the draws, when it has unsupported leaves) ``spec`` with each
+    unsupported leaf held by one drawn rank only: an error path of a local utility whose
+    ranks disagree (the ranks that hold the leaf raise, the others do not)."""
+    unsupported = [(p, leaf) for p, leaf in iter_leaves(spec) if isinstance(leaf, UnsupportedSpec)]
+    if not unsupported or draw(st.integers(0, 2), label="unsupported on one rank") != 0:
+        return spec
+    return replace_leaves(
+        spec,
+        {p: replace(leaf, ranks=(draw(st.integers(0, world_size - 1)),)) for p, leaf in unsupported},
+    )
 
 
 @st.composite
 def offload_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
+    sd = draw(on_one_rank(sd, ws))
     kwargs = _kwargs(ranks_only=draw(optional(ranks_only_for(ws))), type_check=draw(optional(st.booleans())))
     return Case("offload_state_dict_to_cpu", ws, draw(SEEDS), sd, kwargs=kwargs)
 
@@ -173,6 +214,7 @@ def _replace_node(spec: Spec, path: tuple, new: Spec) -> Spec:
 def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
+    sd = draw(on_one_rank(sd, ws))
     dest = without_views(sd)
     if draw(st.integers(0, 3), label="mismatch") == 0:
         dest = draw(altered(dest))
@@ -222,6 +264,7 @@ def fill_empty_containers(spec: Spec) -> Spec:
 def flatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=True), label="state_dict")
+    sd = draw(on_one_rank(sd, ws))
     if draw(st.integers(0, 4), label="dotted collision") == 0 and sd.items:
         key, child = sd.items[0]
         if isinstance(child, DictSpec) and child.items:
@@ -250,7 +293,7 @@ def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Cas
     pg = draw(SUBGROUP_PGS, label="pg")
     members = pg_ranks(pg, ws)  # a subgroup's ShardedTensor lives on its members (global ranks)
     spec = draw(sharded_tensor_specs(len(members), dtypes=TREE_DTYPES), label="sharded tensor")
-    spec = replace(spec, rank_order=tuple(members[r] for r in spec.rank_order))
+    spec = on_members(spec, members)
     return Case("all_gather_sharded_tensor", ws, draw(SEEDS), spec, kwargs=_kwargs(pg=pg))
 
 
@@ -271,8 +314,9 @@ def full_state_dicts(draw: st.DrawFn, world_size: int) -> DictSpec:
 def local_for(
     draw: st.DrawFn, full: DictSpec, world_size: int, tensors_only: bool = False, allow_dtensors: bool = True
 ) -> DictSpec:
-    """A local state dict for ``full``: per key missing, a plain tensor, a DTensor of the same
-    global shape and dtype, or a None entry; plus keys that ``full`` lacks."""
+    """A local state dict for ``full``: per key missing, a plain tensor, a DTensor or a
+    ShardedTensor of the same global shape and dtype, or a None entry; plus keys that
+    ``full`` lacks. ``allow_dtensors=False`` (a subgroup pg) draws neither distributed kind."""
     from strategies.tensors import mesh_shapes
 
     mesh_shape = draw(mesh_shapes(world_size), label="local mesh")
@@ -282,7 +326,9 @@ def local_for(
             if draw(st.booleans()):
                 items.append((key, ValueSpec(0)))
             continue
-        kinds = ["missing", "tensor", "none"] + (["dtensor", "dtensor"] if allow_dtensors else [])
+        kinds = ["missing", "tensor", "none"]
+        if allow_dtensors:
+            kinds += ["dtensor", "dtensor"] + (["sharded", "sharded"] if leaf.shape else [])
         how = draw(st.sampled_from(kinds), label=f"local {key}")
         plain = TensorSpec(leaf.shape, leaf.dtype)
         if how == "tensor":
@@ -290,6 +336,10 @@ def local_for(
         elif how == "dtensor":
             placements = draw(placements_for(plain, mesh_shape, kinds=LOADABLE_PLACEMENTS))
             items.append((key, DTensorSpec(plain, mesh_shape, placements)))
+        elif how == "sharded":  # not a DTensor: replaced like a plain entry
+            dim = draw(st.integers(0, plain.ndim - 1), label=f"sharded dim {key}")
+            order = draw(st.permutations(range(world_size)), label=f"sharded ranks {key}")
+            items.append((key, ShardedTensorSpec(plain, dim, tuple(order))))
         elif how == "none" and not tensors_only:
             items.append((key, ValueSpec(None)))
     if draw(st.booleans(), label="extra local key"):

@@ -95,7 +95,10 @@ def observe_case(world: JobRunner, case: Case, target: str, abort_on_fault: bool
             if rank in exc.results:
                 outcomes.append(exc.results[rank])
                 continue
-            failure = exc.failures[rank]
+            failure = exc.failures.get(rank)
+            if failure is None:  # still running when another rank died, then killed with the world
+                outcomes.append(Outcome(RaisedObs("RankDied", f"no answer: {exc}")))
+                continue
             if exc.kind == "error" and failure.type_name != "Blocked":
                 raise HarnessError(
                     f"rank {rank} failed outside the target call: {failure}\n{failure.traceback}"

@@ -31,6 +31,7 @@ from strategies.spec import (
     format_path,
     iter_leaves,
     namedtuple_type,
+    on_rank,
 )
 from strategies.values import (
     make_global_tensor,
@@ -118,6 +119,7 @@ class Builder:
         self._footprints: dict[tuple, int] = {}
 
     def build(self, spec: Spec, meta_dtensors: bool = False) -> Materialised:
+        spec = on_rank(spec, self.rank)
         self._footprints = share_group_footprints(list(iter_leaves(spec)))
         self.meta_dtensors = meta_dtensors
         value = self._build(spec, ())

@@ -91,6 +91,10 @@ class CallContext:
             return dist.group.WORLD
         return context().group(pg_ranks(choice, context().world_size))
 
+    def sharded_group(self, pg: Any) -> Any:
+        """The group the case's ShardedTensors live on: a subgroup ``pg``, else the default."""
+        return pg if self.case.kwarg("pg") == "tail" else None
+
     def in_pg(self) -> bool:
         """Whether this rank belongs to the case's ``pg`` (every rank for the default)."""
         return self.rank in pg_ranks(self.case.kwarg("pg"), context().world_size)
@@ -103,12 +107,16 @@ def pg_ranks(choice: str | None, world_size: int) -> tuple[int, ...]:
 
 
 def _call_gather(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
-    sd = c.build(c.case.state_dict, ROOT).value
+    """A subgroup ``pg`` also holds the tree's ShardedTensors; its non-members do not call."""
+    pg = c.pg_kwarg()
+    if not c.in_pg():
+        return (lambda: None), {}
+    sd = c.build(c.case.state_dict, ROOT, sharded_group=c.sharded_group(pg)).value
     kwargs = c.case.call_kwargs()
     kwargs.pop("pg", None)
     kwargs.pop("device", None)
     if c.case.kwarg("pg") is not None:
-        kwargs["pg"] = c.pg_kwarg()
+        kwargs["pg"] = pg
     return (lambda: fn(sd, **kwargs)), {ROOT: sd}
 
 
@@ -237,8 +245,7 @@ def _call_all_gather_sharded(c: CallContext, fn: Callable) -> tuple[Callable[[],
     pg = c.pg_kwarg()
     if not c.in_pg():
         return (lambda: None), {}
-    subgroup = pg if c.case.kwarg("pg") == "tail" else None
-    st = c.build(c.case.state_dict, ROOT, sharded_group=subgroup).value
+    st = c.build(c.case.state_dict, ROOT, sharded_group=c.sharded_group(pg)).value
     kwargs = {}
     if c.case.kwarg("pg") is not None:
         kwargs["pg"] = pg

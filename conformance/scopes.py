@@ -16,6 +16,7 @@ from typing import Any
 
 from conformance.case import Case
 from conformance.compare import Difference, LeafInfo
+from strategies.placements import has_uneven_strided_shard
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -155,6 +156,13 @@ def partial_product_or_bitwise_dtensor(spec: Spec) -> bool:
 def strided_shard_dtensor(spec: Spec) -> bool:
     """A DTensor with a _StridedShard placement."""
     return isinstance(spec, DTensorSpec) and any(p.kind == "strided_shard" for p in spec.placements)
+
+
+def uneven_strided_shard_dtensor(spec: Spec) -> bool:
+    """A DTensor with a _StridedShard placement that splits its parent pieces unevenly."""
+    return isinstance(spec, DTensorSpec) and has_uneven_strided_shard(
+        spec.tensor, spec.mesh_shape, spec.placements
+    )
 
 
 def zero_dim_tensor(spec: Spec) -> bool:
@@ -456,6 +464,7 @@ SCOPES: dict[str, Scope] = {
             partial_product_or_bitwise_dtensor,
             partial_dtensor,
             strided_shard_dtensor,
+            uneven_strided_shard_dtensor,
             zero_dim_tensor,
             non_contiguous_tensor,
             dtensor_gathered_without_communication,

@@ -521,6 +521,7 @@ class World:
                         }
                         | errors,
                         "world restarts before the next job",
+                        results=results,
                     )
         returned_early = sorted(errors) + [r for r, v in results.items() if _may_desync(v)]
         if waiting and returned_early:

@@ -158,25 +158,23 @@ class ShardModel(_IndexShardModel):
 class StridedShardModel(_IndexShardModel):
     """``_StridedShard(dim, split_factor=sf)``: see :func:`strided_shard_indices`.
 
-    Drawn only as the first sharding of its tensor dim and only where every piece has the
-    same length: with torch 2.13, uneven pieces make ``distribute_tensor`` assert and
-    ``full_tensor`` hang, and a second sharding of the same dim with an arbitrary
-    split_factor makes ``full_tensor`` reorder rows. ``StridedShardModel(allow_uneven=True)``
-    (registered with ``replace=True``) draws the uneven ones too; the model handles them.
+    Drawn only as the first sharding of its tensor dim (a second sharding of the same dim
+    with an arbitrary split_factor makes torch 2.13's ``full_tensor`` reorder rows), with
+    uneven and empty pieces as well as even ones. ``StridedShardModel(allow_uneven=False)``
+    (registered with ``replace=True``) draws only the even ones.
     """
 
     kind = "strided_shard"
 
-    def __init__(self, max_split_factor: int = 4, allow_uneven: bool = False) -> None:
+    def __init__(self, max_split_factor: int = 4, allow_uneven: bool = True) -> None:
         self.max_split_factor = max_split_factor
         self.allow_uneven = allow_uneven
 
     def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
         # torch 2.13 only round-trips a _StridedShard that is the first sharding of its dim
-        # and splits evenly (uneven ones hang full_tensor), unless allow_uneven is set
         taken = {p.param("dim") for p in previous if p.kind in ("shard", "strided_shard")}
         n = mesh_shape[mesh_dim]
-        parents = parent_shapes(tensor, mesh_shape, previous)
+        parents = () if self.allow_uneven else parent_shapes(tensor, mesh_shape, previous)
         options = [
             (d, sf)
             for d in range(tensor.ndim)
@@ -451,6 +449,20 @@ def parent_shapes(
     """The shapes the tensor has, across coordinates, after the placements ``previous`` on
     the first ``len(previous)`` mesh dims (what the next mesh dim splits)."""
     return set(local_shapes(tensor, mesh_shape[: len(previous)], previous).values())
+
+
+def has_uneven_strided_shard(
+    tensor: TensorSpec, mesh_shape: tuple[int, ...], placements: tuple[PlacementSpec, ...]
+) -> bool:
+    """Whether some ``_StridedShard`` of these placements splits its parent pieces unevenly."""
+    for i, p in enumerate(placements):
+        if p.kind != "strided_shard":
+            continue
+        dim, sf, n = p.param("dim"), p.param("split_factor"), mesh_shape[i]
+        for shape in parent_shapes(tensor, mesh_shape, placements[:i]):
+            if len({len(idx) for idx in strided_shard_indices(shape[dim], n, sf)}) > 1:
+                return True
+    return False
 
 
 def local_shapes(

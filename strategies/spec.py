@@ -146,9 +146,11 @@ class BytesIOSpec:
 @dataclass(frozen=True)
 class UnsupportedSpec:
     """An object torch's utilities reject under ``type_check=True``; kind in
-    :data:`UNSUPPORTED_KINDS`."""
+    :data:`UNSUPPORTED_KINDS`. ``ranks``: the global ranks that hold it (empty: every rank);
+    the other ranks hold ``None`` in its place (see :func:`on_rank`)."""
 
     kind: str
+    ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,9 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
     if isinstance(spec, BytesIOSpec):
         return {"type": "bytesio", "data": spec.data.hex()}
     if isinstance(spec, UnsupportedSpec):
-        return {"type": "unsupported", "kind": spec.kind}
+        return {"type": "unsupported", "kind": spec.kind} | (
+            {"ranks": list(spec.ranks)} if spec.ranks else {}
+        )
     if isinstance(spec, DictSpec):
         items = [[key, spec_to_json(child)] for key, child in spec.items]
         return {"type": "dict", "kind": spec.kind, "items": items}
@@ -369,9 +373,20 @@ def spec_from_json(obj: dict[str, Any]) -> Spec:
     if kind == "bytesio":
         return BytesIOSpec(bytes.fromhex(obj["data"]))
     if kind == "unsupported":
-        return UnsupportedSpec(obj["kind"])
+        return UnsupportedSpec(obj["kind"], tuple(obj.get("ranks", ())))
     if kind == "dict":
         return DictSpec(tuple((k, spec_from_json(c)) for k, c in obj["items"]), obj["kind"])
     if kind == "seq":
         return SeqSpec(tuple(spec_from_json(c) for c in obj["items"]), obj["kind"])
     raise ValueError(f"unknown spec type {kind!r}")
+
+
+def on_rank(spec: Spec, rank: int) -> Spec:
+    """What ``rank`` holds of ``spec``: an :class:`UnsupportedSpec` held by other ranks only
+    becomes ``ValueSpec(None)``; everything else is the same on every rank."""
+    held_elsewhere = {
+        path: ValueSpec(None)
+        for path, leaf in iter_leaves(spec)
+        if isinstance(leaf, UnsupportedSpec) and leaf.ranks and rank not in leaf.ranks
+    }
+    return replace_leaves(spec, held_elsewhere) if held_elsewhere else spec

@@ -215,3 +215,24 @@ def test_entries_outside_the_installed_torch_are_inactive(tmp_path):
     assert [e.id for e in load_divergences(str(path), Version("2.13.0")).entries] == ["old"]
     later = load_divergences(str(path), Version("2.14.1"))
     assert later.entries == () and [e.id for e in later.inactive] == ["old"]
+
+
+def test_ranks_that_never_answered_a_crashed_job_are_reported_not_a_harness_keyerror() -> None:
+    """A rank killed with the world after another rank died has neither a result nor a failure
+    of its own: its outcome says it gave no answer, and the ranks that answered keep theirs."""
+    from conformance.check import observe_case
+    from conformance.world import JobFailed, RankFailure
+
+    answered = Outcome(ValueObs("NoneType", None))
+
+    class CrashedWorld:
+        size = 3
+
+        def run(self, *args):
+            raise JobFailed("crash", {1: RankFailure("RankDied", "killed by SIGABRT")}, results={2: answered})
+
+    case = Case("flatten_state_dict", 3, 0, DictSpec((("w", TensorSpec((2,), "float32")),)))
+    outcomes = observe_case(CrashedWorld(), case, "impl")
+    assert [o.result.type_name for o in outcomes[:2]] == ["RankDied", "RankDied"]
+    assert "no answer" in outcomes[0].result.message and "killed by SIGABRT" in outcomes[1].result.message
+    assert outcomes[2] is answered

@@ -188,6 +188,71 @@ REACH_BUGS: tuple[PlantedBug, ...] = (
         world_sizes=(2, 4),
         examples=60,
     ),
+    PlantedBug(  # uneven _StridedShard: padded to even pieces and never unpadded
+        "gather-uneven-strided-padded",
+        (),
+        "gather_state_dict",
+        (
+            "        placements = [Replicate() for _ in value.placements]\n",
+            "        value = value.to_local()\n",
+        ),
+        (
+            "        from torch.distributed.tensor.placement_types import _StridedShard\n"
+            "        sides = [(p.dim, p.split_factor * value.device_mesh.size(i)) for i, p in enumerate(value.placements)\n"
+            "                 if isinstance(p, _StridedShard) and p.split_factor > 1]\n"
+            "        pad = [(d, m) for d, m in sides if value.shape[d] % m]\n"
+            "        placements = [Replicate() for _ in value.placements]\n",
+            "        value = value.to_local()\n"
+            "        for dim, m in pad:\n"
+            "            extra = list(value.shape)\n"
+            "            extra[dim] = m - value.shape[dim] % m\n"
+            "            value = torch.cat([value, value.new_zeros(extra)], dim)\n",
+        ),
+        r"shape is",
+        world_sizes=(2, 4),
+        examples=80,
+    ),
+    PlantedBug(  # sub-group pg for gather: ranks_only read as global ranks, not the pg's ranks
+        "gather-ranks-only-by-global-rank",
+        (),
+        "gather_state_dict",
+        "    if not ranks_only or dist.get_rank(pg) in ranks_only:\n",
+        "    if not ranks_only or dist.get_rank() in ranks_only:\n",
+        r"^rank \d, state_dict",
+        world_sizes=(2, 4),
+        examples=80,
+    ),
+    PlantedBug(  # loading into a ShardedTensor entry: kept instead of replaced by the full tensor
+        "broadcast-keeps-sharded-tensor-entries",
+        (),
+        "broadcast_state_dict",
+        "        if (local_state := local_state_dict.get(key)) is None:\n",
+        "        if (local_state := local_state_dict.get(key)) is None or type(local_state).__name__ == 'ShardedTensor':\n",
+        r"local_state_dict\[.*(class|kind) is ShardedTensor",
+        world_sizes=(2, 4),
+        examples=60,
+    ),
+    PlantedBug(  # an unsupported leaf on one rank only: a local utility that agrees on errors
+        "offload-type-check-agreed-across-ranks",
+        (),
+        "offload_state_dict_to_cpu",
+        "        cpu_offload=True,\n        ranks_only=ranks_only,\n        type_check=type_check,\n    )\n    return ret\n",
+        "        cpu_offload=True,\n        ranks_only=ranks_only,\n        type_check=False,\n    )\n"
+        "    if type_check:\n"
+        "        bad = torch.tensor([int(not _all_supported(state_dict))])\n"
+        "        dist.all_reduce(bad)\n"
+        "        if bad.item():\n"
+        "            raise ValueError('Unexpected value type on some rank')\n"
+        "    return ret\n\n\n"
+        "def _all_supported(obj):\n"
+        "    if isinstance(obj, dict):\n"
+        "        return all(_all_supported(v) for v in obj.values())\n"
+        "    if isinstance(obj, (list, tuple)):\n"
+        "        return all(_all_supported(v) for v in obj)\n"
+        "    return obj is None or isinstance(obj, (torch.Tensor, int, float, str, bytes, io.BytesIO))\n",
+        r"^rank \d, state_dict: raised ValueError",
+        examples=60,
+    ),
     PlantedBug(  # every dtype: wide unsigned and float8 buffers widened (no collective involved)
         "create-cpu-widens-exotic-buffers",
         (),

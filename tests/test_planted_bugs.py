@@ -248,6 +248,8 @@ PLANTED: tuple[PlantedBug, ...] = (
             "distribute-partial-sum-divided",
             "distribute-partial-op-unsupported",
             "distribute-replaces-dtensor",
+            "distribute-replicated-dtensor-aliases-full",
+            "distribute-uneven-strided-shard-asserts",
         ),
         "distribute_state_dict",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",

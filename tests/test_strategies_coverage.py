@@ -31,6 +31,7 @@ from strategies import (
     tensor_specs,
     tree_depth,
 )
+from strategies.placements import has_uneven_strided_shard
 from strategies.values import make_global_tensor
 
 QUICK = settings(max_examples=300, derandomize=True, database=None, phases=[Phase.generate])
@@ -206,6 +207,24 @@ def _not_a_pair(case) -> bool:
     return any(not isinstance(entries.get(k), DTensorSpec) for k in case.kwarg("keys", ()))
 
 
+SUBGROUP_UTILITIES = (
+    "broadcast_state_dict",
+    "broadcast_tensors",
+    "all_gather_sharded_tensor",
+    "gather_state_dict",
+)
+LOADING = ("broadcast_state_dict", "distribute_state_dict", "broadcast_tensors")
+ONE_RANK_UTILITIES = ("offload_state_dict_to_cpu", "copy_state_dict", "flatten_state_dict")
+
+
+def _local(case) -> list:
+    return list(case.other.items) if case.other is not None else []
+
+
+def _strided(d: DTensorSpec) -> list:
+    return [(i, p) for i, p in enumerate(d.placements) if p.kind == "strided_shard"]
+
+
 def _pairs(case) -> int:
     entries = dict(case.state_dict.items)
     return sum(isinstance(entries.get(k), DTensorSpec) for k in case.kwarg("keys", ()))
@@ -270,10 +289,36 @@ FEATURES = (
         lambda c, ds: _not_a_pair(c),
     ),
     (
-        "a subgroup pg without global rank 0 (of broadcast_state_dict / broadcast_tensors cases)",
+        "a subgroup pg without global rank 0 (of cases of the utilities taking a group rank 0)",
         0.15,
-        lambda c, ds: c.utility in ("broadcast_state_dict", "broadcast_tensors"),
+        lambda c, ds: c.utility in SUBGROUP_UTILITIES,
         lambda c, ds: c.kwarg("pg") == "tail",
+    ),
+    (
+        "... gather_state_dict on it with a ShardedTensor (of gather_state_dict cases)",
+        0.05,
+        lambda c, ds: c.utility == "gather_state_dict",
+        lambda c, ds: c.kwarg("pg") == "tail" and any(isinstance(x, ShardedTensorSpec) for x in _leaves(c)),
+    ),
+    (
+        "uneven _StridedShard (of cases with _StridedShard DTensors)",
+        0.20,
+        lambda c, ds: any(_strided(d) for d in ds),
+        lambda c, ds: any(has_uneven_strided_shard(d.tensor, d.mesh_shape, d.placements) for d in ds),
+    ),
+    (
+        "a ShardedTensor destination of a load (of loading cases with a local tensor entry)",
+        0.08,
+        lambda c, ds: c.utility in LOADING and any(_tensor_of(x) is not None for _, x in _local(c)),
+        lambda c, ds: any(isinstance(x, ShardedTensorSpec) for _, x in _local(c)),
+    ),
+    (
+        "an unsupported leaf on one rank only (of local-utility cases with unsupported leaves)",
+        0.20,
+        lambda c, ds: (
+            c.utility in ONE_RANK_UTILITIES and any(isinstance(x, UnsupportedSpec) for x in _leaves(c))
+        ),
+        lambda c, ds: any(isinstance(x, UnsupportedSpec) and len(x.ranks) == 1 for x in _leaves(c)),
     ),
     (
         "distribute_tensors pair whose full tensor has another shape (of its cases with pairs)",

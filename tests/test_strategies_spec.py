@@ -120,3 +120,12 @@ def test_layouts_and_share_groups() -> None:
     assert made["b"].untyped_storage().data_ptr() == ptr == made["c"].untyped_storage().data_ptr()
     assert made["a"] is not made["b"] and torch.equal(made["a"].nan_to_num(), made["b"].nan_to_num())
     assert made["d"].untyped_storage().data_ptr() != ptr
+
+
+def test_a_leaf_held_by_some_ranks_is_none_on_the_others_and_round_trips() -> None:
+    from strategies.spec import UnsupportedSpec, ValueSpec, on_rank, spec_from_json, spec_to_json
+
+    tree = DictSpec((("a", UnsupportedSpec("set", ranks=(1,))), ("b", UnsupportedSpec("object"))))
+    assert on_rank(tree, 1) == tree
+    assert on_rank(tree, 0) == DictSpec((("a", ValueSpec(None)), ("b", UnsupportedSpec("object"))))
+    assert spec_from_json(json.loads(json.dumps(spec_to_json(tree)))) == tree

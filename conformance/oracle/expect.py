@@ -158,20 +158,23 @@ def _tensor_leaves(node: Any, path: Path) -> Any:
 def expected_outcomes(case: Case, utility: str | None = None) -> list[Outcome]:
     """Every rank's expected outcome of ``case`` (as a call of ``utility``, default the case's)."""
     expect = EXPECTATIONS[utility or case.utility]
-    return [expect(case, rank) for rank in range(case.world_size)]
+    return [expect(case.on_rank(rank), rank) for rank in range(case.world_size)]
 
 
 # ------------------------------------------------------------------------------ gather / offload
 
 
 def _gather(case: Case, rank: int) -> Outcome:
+    members = pg_ranks(case.kwarg("pg"), case.world_size)
+    if rank not in members:  # outside a subgroup pg: no call
+        return Outcome(NONE, {})
     inputs = _inputs(case, case.state_dict, rank, ROOT)
     untouched = {ROOT: inputs.observe_all()}
     error = type_check_error(case.state_dict, case)
     if error is not None:
         return Outcome(error, untouched)
     ranks_only = case.kwarg("ranks_only", ())
-    if ranks_only and rank not in ranks_only:
+    if ranks_only and members.index(rank) not in ranks_only:  # ranks_only names group ranks
         return Outcome(_dropped(case.state_dict), untouched)
 
     offload = bool(case.kwarg("cpu_offload", False))
