@@ -283,9 +283,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except CaseError as exc:
         raise UsageError(str(exc)) from None
     if args.script:
-        from conformance.script import standalone_script
+        from conformance.script import ScriptUnsupported, standalone_script
 
-        print(standalone_script(case))
+        try:
+            print(standalone_script(case))
+        except ScriptUnsupported as exc:
+            raise UsageError(str(exc)) from None
         return 0
     from conformance.check import check_case
     from conformance.divergences import load_divergences
