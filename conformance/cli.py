@@ -425,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(func=cmd_replay)
 
-    fuzz = sub.add_parser("fuzz", help="fuzz until a time budget, saving each new failure")
+    fuzz = sub.add_parser(
+        "fuzz", help="fuzz until a time budget (or --max-examples per utility), saving each new failure"
+    )
     _add_suite_options(fuzz, default_target="torch")
     fuzz.add_argument("--time", default="10m", help="time budget, e.g. 90s, 10m, 1h (default 10m)")
     fuzz.add_argument("--placement", action="append", default=[], help="user placement model module:Model")

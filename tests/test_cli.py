@@ -238,6 +238,36 @@ def test_replay_prints_conformance_and_script_runs_standalone(tmp_path):
     assert "rank 0 returned" in run.stdout and "rank 1 returned" in run.stdout
 
 
+def test_replay_accepts_a_file_fuzz_saved(tmp_path):
+    from conformance.fuzz import FailureKey, write_failure
+
+    case = _gather_case()
+    keys = frozenset({FailureKey(case.utility, "data", "DTensor")})
+    saved = write_failure(tmp_path, keys, case, "impl", {"differences": []})
+    result = cli("replay", "--target", "impl", str(saved))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "conforms" in result.stdout
+
+
+def test_fuzz_stops_after_max_examples(tmp_path):
+    examples = 3
+    result = cli(
+        "fuzz",
+        "--target",
+        "impl",
+        "--only",
+        "flatten_state_dict",
+        "--max-examples",
+        str(examples),
+        "--time",
+        "40s",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"\n{examples} cases in " in result.stderr, result.stderr[-2000:]
+
+
 def test_fuzz_saves_failures_and_stops_on_time(tmp_path):
     out = tmp_path / "found"
     result = cli(
