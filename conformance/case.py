@@ -20,6 +20,10 @@ BLOB_PREFIX = "sdc1:"
 TUPLE_KWARGS = frozenset({"ranks_only"})
 
 
+#: The member of a record that carries a case beside other fields (a failure ``fuzz`` saved).
+RECORD_CASE = "case"
+
+
 class CaseError(ValueError):
     """A case file or blob that cannot be read; the message is one line for the user."""
 
@@ -120,7 +124,8 @@ class Case:
 
 
 def load_case(text_or_path: str) -> Case:
-    """A case from a blob, a JSON text, or the path of a JSON case file."""
+    """A case from a blob, a JSON text, or the path of a JSON file: a case or a record
+    holding one (``case_record``, as ``fuzz`` saves failures)."""
     text = text_or_path.strip()
     if text.startswith(BLOB_PREFIX):
         return Case.from_blob(text)
@@ -134,7 +139,14 @@ def load_case(text_or_path: str) -> Case:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CaseError(f"case file is not valid JSON: {exc}") from None
+    if isinstance(obj, dict) and RECORD_CASE in obj:
+        obj = obj[RECORD_CASE]
     return Case.from_json(obj)
+
+
+def case_record(case: Case, **fields: Any) -> dict[str, Any]:
+    """A JSON record of ``case`` with ``fields`` beside it, which ``load_case`` reads back."""
+    return {**fields, RECORD_CASE: case.to_json()}
 
 
 def replay_command(case: Case, target: str) -> str:

@@ -283,9 +283,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except CaseError as exc:
         raise UsageError(str(exc)) from None
     if args.script:
-        from conformance.script import standalone_script
+        from conformance.script import ScriptUnsupported, standalone_script
 
-        print(standalone_script(case))
+        try:
+            print(standalone_script(case))
+        except ScriptUnsupported as exc:
+            raise UsageError(str(exc)) from None
         return 0
     from conformance.check import check_case
     from conformance.divergences import load_divergences
@@ -422,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(func=cmd_replay)
 
-    fuzz = sub.add_parser("fuzz", help="fuzz until a time budget, saving each new failure")
+    fuzz = sub.add_parser(
+        "fuzz", help="fuzz until a time budget (or --max-examples per utility), saving each new failure"
+    )
     _add_suite_options(fuzz, default_target="torch")
     fuzz.add_argument("--time", default="10m", help="time budget, e.g. 90s, 10m, 1h (default 10m)")
     fuzz.add_argument("--placement", action="append", default=[], help="user placement model module:Model")

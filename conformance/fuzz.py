@@ -1,31 +1,35 @@
 """``python -m conformance fuzz``: draw cases until a time budget, save each new failure.
 
 Cases come from the same strategies as the suite (the ``fuzz`` profile's spirit: many
-examples, no derandomisation). Each failure is shrunk by Hypothesis, deduplicated by a
-signature of its first difference, and saved as a case file with its replay command.
+examples, no derandomisation), until a time budget or ``--max-examples`` per utility and law.
+Each failure is shrunk by Hypothesis, deduplicated by the (utility, field, leaf kind) of its
+differences, and saved as a file that ``replay`` accepts, with its replay command.
 Ctrl-C stops cleanly and keeps everything found so far.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.database import InMemoryExampleDatabase
 
-from conformance.case import Case, replay_command
+from conformance.case import Case, case_record, replay_command
 from conformance.case_strategies import CASES, LAW_CASES
 from conformance.check import CaseAborted, CaseReport
 from conformance.harness import Harness, HarnessConfig
+from conformance.scopes import leaf_kind
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
+
+#: Examples per Hypothesis run: short runs, so that every utility and law gets its turn often.
+BATCH = 25
 
 
 def parse_duration(text: str) -> float:
@@ -38,33 +42,70 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-#: Fields whose observed / expected values name the bug (a kind, a dtype, an exception type);
-#: for the others (data, shapes, keys) the values differ from case to case.
-_CATEGORICAL = ("kind", "container", "class", "device", "dtype", "raised", "pinned", "shared")
+class FailureKey(NamedTuple):
+    """What makes two differences one bug: the utility, the field that differs and the kind
+    of leaf it differs on (``scopes.leaf_kind``). For a case that did not finish, the field
+    is ``job`` and the leaf is how it ended (hang, crash, blocked)."""
+
+    utility: str
+    field: str
+    leaf: str
+
+    def __str__(self) -> str:
+        if self.field == "job":
+            return f"{self.utility}: did not finish ({self.leaf})"
+        return f"{self.utility}: {self.field} on {self.leaf}"
 
 
-def signature(report: CaseReport) -> str:
-    """What makes two failures the same bug: utility, and the first difference's argument
-    root, field and leaf kind (with its observed / expected values where they are categories)."""
-    if not report.diffs:
-        return f"{report.case.utility}: no difference"
-    first = report.diffs[0]
-    leaf = first.leaf.kind if first.leaf else "?"
-    key = f"{report.case.utility}: {first.root} {first.field} on {leaf}"
-    if first.field in _CATEGORICAL:
-        observed = re.sub(r":.*", "", str(first.observed))  # an exception's type, not its message
-        key += f" ({observed}, expected {first.expected})"
-    return key
+def failure_keys(report: CaseReport) -> frozenset[FailureKey]:
+    """The distinct keys of a report's differences, whatever their ranks, paths and values."""
+    case = report.case
+    return frozenset(FailureKey(case.utility, d.field, leaf_kind(case, d)) for d in report.diffs)
+
+
+def write_failure(out: Path, keys: frozenset[FailureKey], case: Case, target: str, details: dict) -> Path:
+    """Save a failing case in ``out`` with its keys, replay command and ``details`` (a file
+    that ``replay`` accepts); returns its path, named by the utility and the keys."""
+    ordered = sorted(keys)
+    digest = hashlib.blake2b(repr(ordered).encode(), digest_size=4).hexdigest()
+    path = out / f"{case.utility.replace(':', '-')}-{digest}.json"
+    record = case_record(
+        case,
+        keys=[k._asdict() for k in ordered],
+        replay=replay_command(case, target),
+        **details,
+    )
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def recorded_keys(path: Path) -> set[FailureKey]:
+    """The keys a file written by ``write_failure`` records (none for any other file)."""
+    try:
+        record = json.loads(path.read_text())
+        return {FailureKey(**k) for k in record.get("keys", [])}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
 
 
 class Fuzzer:
     """Round-robin over utilities and laws, one short Hypothesis run at a time."""
 
-    def __init__(self, harness: Harness, out: Path, budget: float, names: list[str], target: str) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        out: Path,
+        budget: float,
+        names: list[str],
+        target: str,
+        max_examples: int | None = None,
+    ) -> None:
         self.harness, self.out, self.budget, self.names, self.target = harness, out, budget, names, target
+        self.max_examples = max_examples  # per utility or law; None: until the budget
+        self.drawn = dict.fromkeys(names, 0)  # examples generated (not shrinks) per name
         self.start = time.monotonic()
-        self.failures: dict[str, Path] = {}
-        self.known = {json.loads(p.read_text()).get("signature") for p in out.glob("*.json")}
+        self.failures: dict[Path, frozenset[FailureKey]] = {}
+        self.known = set().union(*(recorded_keys(p) for p in out.glob("*.json")))
         self._last_line = 0.0
 
     @property
@@ -74,11 +115,19 @@ class Fuzzer:
     def out_of_time(self) -> bool:
         return self.elapsed >= self.budget
 
+    def examples_left(self, name: str) -> int:
+        """Examples ``name`` may still draw (a batch's worth when --max-examples is not set)."""
+        if self.max_examples is None:
+            return BATCH
+        return self.max_examples - self.drawn[name]
+
     def run(self) -> None:
-        for name in itertools.cycle(self.names):
-            if self.out_of_time():
-                return
-            self._batch(name)
+        """Batches round-robin until the budget is spent or every name drew its examples."""
+        while names := [n for n in self.names if self.examples_left(n) > 0]:
+            for name in names:
+                if self.out_of_time():
+                    return
+                self._batch(name)
 
     def _batch(self, name: str) -> None:
         strategy = (LAW_CASES[name] if name.startswith("law:") else CASES[name])(
@@ -87,7 +136,7 @@ class Fuzzer:
         failing: list[tuple[Case, CaseReport]] = []
 
         @settings(
-            max_examples=25,
+            max_examples=min(BATCH, self.examples_left(name)),
             deadline=None,
             database=InMemoryExampleDatabase(),
             phases=[Phase.generate, Phase.shrink],
@@ -98,6 +147,8 @@ class Fuzzer:
         def prop(case: Case) -> None:
             if self.out_of_time():
                 return  # let the batch finish quickly; nothing is judged after the budget
+            if not failing:  # Hypothesis shrinks only after the first failure
+                self.drawn[name] += 1
             try:
                 report = self.harness.check(case)
             except CaseAborted as exc:  # a hang, a dead or a blocked rank: saved as it is, not shrunk
@@ -119,30 +170,25 @@ class Fuzzer:
 
     def save_fault(self, case: Case, exc: CaseAborted) -> None:
         """Save a case that hung, killed a rank or left ranks blocked, with its report."""
-        self._write(f"{case.utility}: did not finish ({exc.kind})", case, {"report": str(exc)})
+        self._write(frozenset({FailureKey(case.utility, "job", exc.kind)}), case, {"report": str(exc)})
 
     def save(self, report: CaseReport) -> None:
         self._write(
-            signature(report),
+            failure_keys(report),
             report.case,
             {"differences": [d.to_json() for d in report.diffs[:20]]},
         )
 
-    def _write(self, key: str, case: Case, details: dict) -> None:
-        if key in self.known or key in self.failures:
+    def _write(self, keys: frozenset[FailureKey], case: Case, details: dict) -> None:
+        """Save the case if one of its keys is new; a bug seen again is not saved again."""
+        new = keys - self.known
+        if not new:
             return
-        digest = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
-        path = self.out / f"{case.utility.replace(':', '-')}-{digest}.json"
-        record = {
-            "signature": key,
-            "replay": replay_command(case, self.target),
-            **details,
-            "case": case.to_json(),
-        }
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        self.failures[key] = path
+        self.known |= keys
+        path = write_failure(self.out, keys, case, self.target, details)
+        self.failures[path] = keys
         self.progress(force=True)
-        print(f"\nnew failure: {key}\n  saved to {path}", file=sys.stderr)
+        print(f"\nnew failure: {'; '.join(map(str, sorted(new)))}\n  saved to {path}", file=sys.stderr)
 
     def progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -171,9 +217,11 @@ def cmd_fuzz(args: Any) -> int:
     harness = Harness(config)
     only = list(args.only) or list(UTILITIES)
     names = only + [law for law in LAW_CASES if not args.only]
-    fuzzer = Fuzzer(harness, out, budget, names, args.target)
+    fuzzer = Fuzzer(harness, out, budget, names, args.target, args.max_examples)
+    limit = f" or {args.max_examples} examples per utility and law" if args.max_examples else ""
     print(
-        f"fuzzing {args.target} for {args.time} on world sizes {config.world_sizes}; failures go to {out}/",
+        f"fuzzing {args.target} for {args.time}{limit} on world sizes {config.world_sizes}; "
+        f"failures go to {out}/",
         file=sys.stderr,
     )
     interrupted = False
@@ -189,6 +237,6 @@ def cmd_fuzz(args: Any) -> int:
         f"\n{harness.cases_run} cases in {fuzzer.elapsed:.0f}s; {len(fuzzer.failures)} new failure(s)",
         file=sys.stderr,
     )
-    for key, path in fuzzer.failures.items():
-        print(f"  {path}: {key}")
+    for path, keys in fuzzer.failures.items():
+        print(f"  {path}: {'; '.join(map(str, sorted(keys)))}")
     return 1 if fuzzer.failures else 0

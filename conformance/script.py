@@ -29,6 +29,11 @@ from strategies.spec import (
     ValueSpec,
 )
 
+
+class ScriptUnsupported(ValueError):
+    """The case holds something the script cannot rebuild; the message is one line for the user."""
+
+
 _PRELUDE = '''\
 """Reproduces {describe} with plain torch.distributed.
 
@@ -121,6 +126,11 @@ _CALLS = {
 }
 
 
+def script_supports(utility: str) -> bool:
+    """Whether ``replay --script`` can write a script for a case of ``utility``."""
+    return utility in _CALLS
+
+
 def _tensor_code(t: torch.Tensor) -> str:
     data = t.contiguous().reshape(-1)
     raw = data.view(torch.uint8).numpy().tobytes().hex() if data.numel() else ""
@@ -137,7 +147,7 @@ def _placement_code(p: Any) -> str:
         return f"Partial({p.param('reduce_op')!r})"
     if kind == "strided_shard":
         return f"_StridedShard({p.param('dim')}, split_factor={p.param('split_factor')})"
-    raise ValueError(f"placement {kind!r} is a user plug-in; the script cannot rebuild it without it")
+    raise ScriptUnsupported(f"placement {kind!r} is a user plug-in; the script cannot rebuild it without it")
 
 
 def _leaf_code(inputs: RankInputs, spec: Spec, path: Path) -> str:
@@ -188,8 +198,8 @@ def _tree_code(inputs: RankInputs, spec: Spec, path: Path = ()) -> str:
 
 def standalone_script(case: Case) -> str:
     """Python source reproducing ``case`` against ``torch.distributed._state_dict_utils``."""
-    if case.utility not in _CALLS:
-        raise ValueError(f"--script does not support {case.utility} yet; replay it without --script")
+    if not script_supports(case.utility):
+        raise ScriptUnsupported(f"--script does not support {case.utility} yet; replay it without --script")
     first_root = FULL_ROOT if case.utility in ("broadcast_state_dict", "distribute_state_dict") else ROOT
     lines = [_PRELUDE.format(describe=case.describe(), blob=case.to_blob(), world_size=case.world_size)]
     lines.append(f"KWARGS = {dict(case.call_kwargs())!r}")

@@ -8,6 +8,8 @@ are built-in aliases; anything else is a module path (a fork).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import traceback
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -66,11 +68,8 @@ def load_target(name: str) -> Target:
     path = ALIASES.get(name, name)
     try:
         module = importlib.import_module(path)
-    except ImportError as exc:
-        known = ", ".join(ALIASES)
-        raise TargetError(
-            f"cannot import target {name!r} ({exc}); use one of {known} or an importable module path"
-        ) from None
+    except Exception as exc:  # a fork may raise anything while it is imported
+        raise TargetError(_import_failure(name, path, exc)) from None
     target = Target(name, module)
     if len(target.missing()) == len(UTILITIES):
         raise TargetError(
@@ -78,3 +77,41 @@ def load_target(name: str) -> Target:
             f"(expected e.g. _gather_state_dict or gather_state_dict)"
         )
     return target
+
+
+def _import_failure(name: str, path: str, exc: Exception) -> str:
+    """One line for a target that cannot be imported: not found, or the module (or something
+    it imports) raised while it was imported; the latter names the file, the exception and
+    where it was raised."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name and f"{path}.".startswith(f"{exc.name}."):
+        known = ", ".join(ALIASES)
+        return f"cannot import target {name!r} ({exc}); use one of {known} or an importable module path"
+    problem = " ".join(f"{type(exc).__name__}: {_message(exc)}".split())  # one line, whatever the text
+    return (
+        f"cannot import target {name!r}: module {path} ({_module_file(path)}) raised {problem} "
+        f"at {_raise_site(exc)}; fix it so that `python -c 'import {path}'` succeeds"
+    )
+
+
+def _message(exc: Exception) -> str:
+    """The exception's message (a SyntaxError's without its own location suffix)."""
+    return exc.msg if isinstance(exc, SyntaxError) else str(exc)
+
+
+def _raise_site(exc: Exception) -> str:
+    """file:line of the offending source: a SyntaxError's own location, else the innermost
+    frame of the module being imported (the last ``<module>`` frame of the traceback)."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    in_modules = [f for f in frames if f.name == "<module>"] or frames
+    return f"{in_modules[-1].filename}:{in_modules[-1].lineno}" if in_modules else "?"
+
+
+def _module_file(path: str) -> str:
+    """The file ``path`` would be imported from, or ``?``."""
+    try:
+        spec = importlib.util.find_spec(path)
+    except Exception:  # a parent package that itself fails to import
+        return "?"
+    return (spec.origin if spec else None) or "?"

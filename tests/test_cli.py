@@ -28,6 +28,16 @@ def cli(*args: str, timeout: float = 300, path: str = "") -> subprocess.Complete
     )
 
 
+def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2 and one line on stderr holding every fragment."""
+    __tracebackhide__ = True
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -39,6 +49,8 @@ def cli(*args: str, timeout: float = 300, path: str = "") -> subprocess.Complete
         (["run", "--only", "gather"], "argument --only: unknown utility 'gather'"),
         (["run", "--jobs", "0"], "--jobs must be at least 1"),
         (["run", "--max-examples", "-5"], "--max-examples must be at least 1"),
+        (["run", "--max-examples", "0"], "--max-examples must be at least 1"),
+        (["fuzz", "--max-examples", "0"], "--max-examples must be at least 1"),
         (["run", "--time-limit", "soon"], "argument --time-limit: takes seconds"),
         (["run", "--expected", "tests/bad_divergences.toml"], "unknown key 'macth'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -50,11 +62,84 @@ def cli(*args: str, timeout: float = 300, path: str = "") -> subprocess.Complete
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message):
-    result = cli(*args, timeout=60)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert message in result.stderr
+    assert_usage_error(cli(*args, timeout=60), message)
+
+
+#: Forks as they were seen in the wild, each with a piece of the line its import fails on.
+BROKEN_FORKS = {
+    "merge_conflict": (
+        "from impl import *  # noqa: F403\n"
+        "<<<<<<< HEAD\n"
+        "_CHUNKS = 1\n"
+        "=======\n"
+        "_CHUNKS = 2\n"
+        ">>>>>>> upstream\n",
+        "<<<<<<<",
+    ),
+    "bad_annotation": (  # written for a newer torch: torch's module __getattr__ raises
+        "import torch\n"
+        "from impl import *  # noqa: F403\n"
+        "\n"
+        "def _create_cpu_state_dict(state_dict, dtype: torch.float8_e3m4 = None):\n"
+        "    return state_dict\n",
+        "float8_e3m4",
+    ),
+}
+
+
+def _import_error(path: Path) -> BaseException:
+    """The exception that executing the module at ``path`` raises."""
+    try:
+        exec(compile(path.read_text(), str(path), "exec", dont_inherit=True), {"__name__": path.stem})
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"{path} imports cleanly")
+
+
+def _target_commands(module: str, out: Path) -> dict[str, list[str]]:
+    """A command line of each command that imports the target."""
+    return {
+        "run": ["run", "--target", module, "--only", "flatten_state_dict", "--max-examples", "1"],
+        "replay": ["replay", "--target", module, _gather_case().to_blob()],
+        "fuzz": [
+            "fuzz",
+            "--target",
+            module,
+            "--only",
+            "flatten_state_dict",
+            "--time",
+            "5s",
+            "--out",
+            str(out),
+        ],
+    }
+
+
+@pytest.mark.parametrize("command", ["run", "replay", "fuzz"])
+@pytest.mark.parametrize("fork", sorted(BROKEN_FORKS))
+def test_target_that_raises_on_import_is_a_usage_error(tmp_path, fork, command):
+    source, culprit = BROKEN_FORKS[fork]
+    module = f"sdc_fork_{fork}"
+    path = tmp_path / f"{module}.py"
+    path.write_text(source)
+    line = 1 + next(i for i, text in enumerate(source.splitlines()) if culprit in text)
+    error = _import_error(path)
+    message = error.msg if isinstance(error, SyntaxError) else str(error)
+    result = cli(*_target_commands(module, tmp_path / "out")[command], timeout=120, path=str(tmp_path))
+    assert_usage_error(
+        result, module, str(path), type(error).__name__, message, f"{path}:{line}", f"import {module}"
+    )
+
+
+def test_replay_script_of_an_unscripted_utility_is_a_usage_error():
+    from conformance.script import script_supports
+    from conformance.targets import UTILITIES
+
+    unscripted = [u for u in UTILITIES if not script_supports(u)]
+    if not unscripted:
+        pytest.skip("--script supports every utility")
+    case = Case(unscripted[0], 2, 3, _gather_case().state_dict)
+    assert_usage_error(cli("replay", "--script", case.to_blob(), timeout=60), unscripted[0], "--script")
 
 
 def test_nccl_without_gpus_exits_2():
@@ -151,6 +236,36 @@ def test_replay_prints_conformance_and_script_runs_standalone(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "rank 0 returned" in run.stdout and "rank 1 returned" in run.stdout
+
+
+def test_replay_accepts_a_file_fuzz_saved(tmp_path):
+    from conformance.fuzz import FailureKey, write_failure
+
+    case = _gather_case()
+    keys = frozenset({FailureKey(case.utility, "data", "DTensor")})
+    saved = write_failure(tmp_path, keys, case, "impl", {"differences": []})
+    result = cli("replay", "--target", "impl", str(saved))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "conforms" in result.stdout
+
+
+def test_fuzz_stops_after_max_examples(tmp_path):
+    examples = 3
+    result = cli(
+        "fuzz",
+        "--target",
+        "impl",
+        "--only",
+        "flatten_state_dict",
+        "--max-examples",
+        str(examples),
+        "--time",
+        "40s",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"\n{examples} cases in " in result.stderr, result.stderr[-2000:]
 
 
 def test_fuzz_saves_failures_and_stops_on_time(tmp_path):
