@@ -171,6 +171,8 @@ def test_run_reports_a_planted_bug_with_replay_and_json(tmp_path):
         "gather_state_dict,offload_state_dict_to_cpu",
         "--max-examples",
         "15",
+        "--profile",
+        "ci",  # derandomized: the same cases every run
         "--json",
         str(report_path),
     )
@@ -190,7 +192,9 @@ def test_run_reports_a_planted_bug_with_replay_and_json(tmp_path):
     assert report["target"] == "tests.broken_target"
     assert set(report["summary"]) >= {"cases", "seconds", "passed", "failed", "xfailed", "xpassed", "skipped"}
     failed = [r for r in report["results"] if r["outcome"] == "failed"]
-    assert {r["utility"] for r in failed} == {"gather_state_dict", "offload_state_dict_to_cpu"}
+    # the broken gather may also break the law offload_after_gather, which runs with them
+    assert {"gather_state_dict", "offload_state_dict_to_cpu"} <= {r["utility"] for r in failed}
+    assert {r["utility"] for r in failed} <= {"gather_state_dict", "offload_state_dict_to_cpu", "laws"}
     gather = next(r for r in failed if r["property"] == "test_gather_state_dict")
     assert gather["replay"].startswith("python -m conformance replay --target tests.broken_target sdc1:")
     assert "gather_state_dict" in result.stdout and "cases" in result.stdout  # the table
