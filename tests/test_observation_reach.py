@@ -6,7 +6,9 @@ Each bug below passed the ci profile before the observation covered it (issue 10
 are not contiguous, ShardedTensor local shards of the wrong shape, and a loading bug that
 shows only on a mesh with two dims larger than 1; and bugs that only the issue's draws reach
 (changed defaults, Partial product/bitwise ops, non-pair entries of ``distribute_tensors``,
-wide unsigned dtypes). Forks are judged with torch's own
+wide unsigned dtypes, uneven ``_StridedShard``, ``gather_state_dict`` on a subgroup pg,
+ShardedTensor entries a load replaces, unsupported leaves on one rank only, several
+ShardedTensor chunks on one rank). Forks are judged with torch's own
 known-divergence file, so a bug is caught only by a difference no entry excuses.
 """
 
@@ -209,6 +211,16 @@ REACH_BUGS: tuple[PlantedBug, ...] = (
             "            value = torch.cat([value, value.new_zeros(extra)], dim)\n",
         ),
         r"shape is",
+        world_sizes=(2, 4),
+        examples=80,
+    ),
+    PlantedBug(  # several chunks on one rank: only a rank's first local shard copied
+        "copy-sharded-first-local-shard-only",
+        (),
+        "copy_state_dict",
+        "                    for idx, shard in enumerate(companion_obj.local_shards()):\n",
+        "                    for idx, shard in enumerate(companion_obj.local_shards()[:1]):\n",
+        r"^rank \d, copy_state_dict.*data differs",
         world_sizes=(2, 4),
         examples=80,
     ),
