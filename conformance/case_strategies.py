@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import cast
 
 from hypothesis import strategies as st
 
@@ -334,6 +335,8 @@ def local_for(
         if how == "tensor":
             items.append((key, plain))
         elif how == "dtensor":
+            if draw(st.integers(0, 3), label=f"other global shape {key}") == 0:
+                plain = _other_shape(plain)  # an error path: the load must raise before writing
             placements = draw(placements_for(plain, mesh_shape, kinds=LOADABLE_PLACEMENTS))
             items.append((key, DTensorSpec(plain, mesh_shape, placements)))
         elif how == "sharded":  # not a DTensor: replaced like a plain entry
@@ -345,6 +348,25 @@ def local_for(
     if draw(st.booleans(), label="extra local key"):
         items.append(("local_only", TensorSpec((2,), "float32")))
     return DictSpec(tuple(items))
+
+
+@st.composite
+def with_dtensor_entry(draw: st.DrawFn, full: DictSpec, world_size: int) -> DictSpec:
+    """``full``, or (one draw in eight) ``full`` with its first n-d tensor entry made a DTensor
+    of it: an error path, the load must raise on every rank before writing anything."""
+    from strategies.tensors import mesh_shapes
+
+    keys = [k for k, v in full.items if isinstance(v, TensorSpec) and v.shape]
+    if not keys or draw(st.integers(0, 7), label="DTensor in full_state_dict") != 0:
+        return full
+    mesh_shape = draw(mesh_shapes(world_size), label="full mesh")
+    tensor = cast(TensorSpec, dict(full.items)[keys[0]])
+    plain = TensorSpec(tensor.shape, tensor.dtype)
+    placements = draw(placements_for(plain, mesh_shape, kinds=("shard", "replicate")))
+    return DictSpec(
+        tuple((k, DTensorSpec(plain, mesh_shape, placements) if k == keys[0] else v) for k, v in full.items),
+        full.kind,
+    )
 
 
 @st.composite
@@ -362,6 +384,8 @@ def broadcast_cases(
         pg = draw(PGS)
         kwargs = _kwargs(pg=pg)
     local = draw(local_for(full, ws, allow_dtensors=pg != "tail"), label="local_state_dict")
+    if pg != "tail":  # DTensors live on meshes over every rank
+        full = draw(with_dtensor_entry(full, ws))
     return Case(utility, ws, draw(SEEDS), full, other=local, kwargs=kwargs)
 
 

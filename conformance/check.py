@@ -130,7 +130,8 @@ def check_case(
     if divergences is not None and diffs:
         report.diffs, report.excused = divergences.excuse(case, diffs, count)
         if observed is not None:
-            report.diffs += _judged_as_if(case, observed, report.excused, divergences, count)
+            rejudged, found = _judged_as_if(case, observed, report.excused, divergences, count)
+            report.diffs = [d for d in report.diffs if d.rank not in rejudged] + found
     if abort_on_fault and any(left_blocked(d) for d in report.diffs):
         raise CaseAborted(
             report.failure_message()
@@ -155,16 +156,23 @@ def _judged_as_if(
     excused: list[tuple[str, Difference]],
     divergences: Divergences,
     count: bool,
-) -> list[Difference]:
+) -> tuple[set[int], list[Difference]]:
     """An entry with ``as_if`` excuses a call that returned instead of raising; what it
-    returned must then be what the contract gives for the call made with those arguments.
-    The differences found so are judged by the other entries as usual."""
+    returned, and its arguments after the call, must then be what the contract gives for the
+    call made with those arguments. Returns the ranks so re-judged (their differences from the
+    raising expectation no longer count) and the differences found so, judged by the other
+    entries as usual."""
     by_id = {e.id: e for e in divergences.entries}
     found: list[Difference] = []
-    for entry_id, diff in excused:
-        entry = by_id[entry_id]
-        if not entry.as_if or diff.field != "raised" or diff.observed != "nothing":
-            continue
+    as_ifs = [
+        (by_id[entry_id], diff)
+        for entry_id, diff in excused
+        if by_id[entry_id].as_if and diff.field == "raised" and diff.observed == "nothing"
+    ]
+    rejudged = {diff.rank for _, diff in as_ifs}
+    # the re-judged ranks keep only the excuse of their raise from the first judgement
+    excused[:] = [(e, d) for e, d in excused if d.rank not in rejudged or d.field == "raised"]
+    for entry, diff in as_ifs:
         as_if = case.with_kwargs(**dict(entry.as_if))
         mine = [observed[r] if r == diff.rank else Outcome(ANY) for r in range(case.world_size)]
         again = [d for d in oracle_differences(case, mine, as_if) if d.rank == diff.rank]
@@ -172,7 +180,7 @@ def _judged_as_if(
         left, more = divergences.excuse(case, again, count)
         excused.extend(more)
         found += left
-    return found
+    return rejudged, found
 
 
 #: What a rank left blocked in a law's collective side was to do instead: return.

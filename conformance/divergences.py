@@ -18,6 +18,9 @@ purpose and the places where it knowingly differs from the contract::
     torch = ">=2.5,<2.15"                    # optional: torch releases it holds for
     as_if = { pin_memory = false }           # optional: judge what was returned instead of
                                              #   the expected raise, as if called so
+                                             #   (contract_checks = false: as if the contract
+                                             #   checked nothing; the entries its failed checks
+                                             #   are about are left unspecified)
     stops_midway = true                      # optional: the excused exception leaves that rank's
                                              #   arguments half-written and its peers blocked
     replay = "sdc1:..."                      # a minimal case that shows it

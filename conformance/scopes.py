@@ -355,6 +355,8 @@ def _source_value(case: Case, diff: Difference) -> Any:
     local = leaf_specs(case, diff)[0]
     if not isinstance(local, DTensorSpec):
         return full
+    if tuple(local.tensor.shape) != tuple(full.shape):  # no piece of this full tensor fits it
+        return None
     return loaded_piece(full, _as_torch_slices(local), diff.rank)
 
 
@@ -437,6 +439,36 @@ def distribute_full_shape_differs(case: Case, diff: Difference) -> bool:
     return bool(differing) and (not diff.path or diff.path[0] in differing)
 
 
+_LOADS = ("broadcast_state_dict", "distribute_state_dict", "broadcast_tensors")
+
+
+def _failed_load_checks(case: Case) -> list[str]:
+    """The messages of the contract's input checks a load case fails (a law over loads is
+    judged as its broadcast side)."""
+    from conformance.oracle.expect import load_check_failures
+
+    utility = "broadcast_state_dict" if case.utility == "law:broadcast_is_distribute" else case.utility
+    if (
+        utility not in _LOADS
+        or not isinstance(case.state_dict, DictSpec)
+        or not isinstance(case.other, DictSpec)
+    ):
+        return []
+    return [message for _, message in load_check_failures(case, utility)]
+
+
+def dtensor_in_full_state_dict(case: Case, diff: Difference) -> bool:
+    """Case scope: a load whose ``full_state_dict`` holds a DTensor (CONTRACT broadcast_state_dict
+    step 1: every rank must raise before anything is written)."""
+    return any("is a DTensor; expected a plain tensor" in m for m in _failed_load_checks(case))
+
+
+def local_dtensor_shape_differs(case: Case, diff: Difference) -> bool:
+    """Case scope: a load with a local DTensor entry whose global shape is not its full
+    tensor's (CONTRACT broadcast_state_dict step 2: every rank must raise before writing)."""
+    return any("does not match full shape" in m for m in _failed_load_checks(case))
+
+
 def rank_outside_ranks_only(case: Case, diff: Difference) -> bool:
     """Case scope: the difference is on a rank that ``ranks_only`` leaves out."""
     ranks_only = case.kwarg("ranks_only", ())
@@ -488,6 +520,8 @@ SCOPES: dict[str, Scope] = {
             holds_source_values,
             holds_source_values_divided,
             distribute_full_shape_differs,
+            dtensor_in_full_state_dict,
+            local_dtensor_shape_differs,
         )
     },
     # torch 2.14 no longer redistributes sum / avg / min / max Partials in deepcopy

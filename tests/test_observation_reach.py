@@ -224,6 +224,19 @@ REACH_BUGS: tuple[PlantedBug, ...] = (
         world_sizes=(2, 4),
         examples=80,
     ),
+    PlantedBug(  # error paths: a DTensor in full_state_dict refused with the wrong exception
+        "broadcast-refuses-dtensor-in-full-with-type-error",
+        (),
+        "broadcast_state_dict",
+        "    # will be removed from `local_state_dict`.\n    ret = {}\n",
+        "    # will be removed from `local_state_dict`.\n"
+        "    if any(isinstance(v, DTensor) for v in full_state_dict.values()):\n"
+        "        raise TypeError('full_state_dict holds a DTensor')\n"
+        "    ret = {}\n",
+        r"raised TypeError",
+        world_sizes=(2, 4),
+        examples=60,
+    ),
     PlantedBug(  # sub-group pg for gather: ranks_only read as global ranks, not the pg's ranks
         "gather-ranks-only-by-global-rank",
         (),

@@ -109,7 +109,13 @@ PLANTED: tuple[PlantedBug, ...] = (
     ),
     PlantedBug(
         "broadcast-drops-values",
-        ("broadcast-global-rank0-source", "broadcast-tensors-global-rank0-source"),
+        (
+            "broadcast-global-rank0-source",
+            "broadcast-tensors-global-rank0-source",
+            "broadcast-dtensor-in-full-unsupported",
+            "load-dtensor-shape-mismatch-undetected",
+            "load-dtensor-shape-mismatch-copy-fails",
+        ),
         "broadcast_state_dict",
         "            if key in local_state_dict:\n                local_state_dict[key] = value\n            continue\n",
         "            continue\n",
@@ -250,6 +256,7 @@ PLANTED: tuple[PlantedBug, ...] = (
             "distribute-replaces-dtensor",
             "distribute-replicated-dtensor-aliases-full",
             "distribute-uneven-strided-shard-asserts",
+            "distribute-dtensor-in-full-undetected",
         ),
         "distribute_state_dict",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",

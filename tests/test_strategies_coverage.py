@@ -221,6 +221,20 @@ def _local(case) -> list:
     return list(case.other.items) if case.other is not None else []
 
 
+def _nd_full(case) -> bool:
+    """Whether a load's full state dict holds a tensor with dims (plain or made a DTensor)."""
+    return case.kwarg("pg") != "tail" and any(
+        (t := _tensor_of(x)) is not None and bool(t.shape) for _, x in case.state_dict.items
+    )
+
+
+def _local_shape_mismatch(case, key, entry) -> bool:
+    full = dict(case.state_dict.items).get(key)
+    return (
+        isinstance(entry, DTensorSpec) and isinstance(full, TensorSpec) and entry.tensor.shape != full.shape
+    )
+
+
 def _strided(d: DTensorSpec) -> list:
     return [(i, p) for i, p in enumerate(d.placements) if p.kind == "strided_shard"]
 
@@ -313,8 +327,20 @@ FEATURES = (
         lambda c, ds: any(isinstance(x, ShardedTensorSpec) for _, x in _local(c)),
     ),
     (
+        "a local DTensor of another global shape than its full tensor (of loads with DTensor entries)",
+        0.10,
+        lambda c, ds: c.utility in LOADING and any(isinstance(x, DTensorSpec) for _, x in _local(c)),
+        lambda c, ds: any(_local_shape_mismatch(c, k, x) for k, x in _local(c)),
+    ),
+    (
+        "a DTensor in full_state_dict (of broadcast/distribute_state_dict cases with n-d full tensors)",
+        0.04,
+        lambda c, ds: c.utility in ("broadcast_state_dict", "distribute_state_dict") and _nd_full(c),
+        lambda c, ds: any(isinstance(x, DTensorSpec) for _, x in c.state_dict.items),
+    ),
+    (
         "an unsupported leaf on one rank only (of local-utility cases with unsupported leaves)",
-        0.20,
+        0.15,
         lambda c, ds: (
             c.utility in ONE_RANK_UTILITIES and any(isinstance(x, UnsupportedSpec) for x in _leaves(c))
         ),
@@ -352,7 +378,7 @@ def test_suite_cases_reach_each_feature_at_a_stated_rate(capsys) -> None:
     does) reach each feature of MIN_RATES at least at its rate; prints the table."""
     from conformance.case_strategies import CASES
 
-    cases = [case for utility in CASES for case in collect(CASES[utility]((2, 4)), 40)]
+    cases = [case for utility in CASES for case in collect(CASES[utility]((2, 4)), 80)]
     rates = _case_features(cases)
     with capsys.disabled():
         print(f"\n{'feature':<84} {'rate':>6} {'min':>5}   hits/of")

@@ -409,16 +409,63 @@ def _device_arg_type(case: Case) -> str:
     return device_type_of(case) if device == "rank" else torch.device(device).type
 
 
-def _load(case: Case, rank: int, strict: bool) -> Outcome:
-    """broadcast_state_dict / distribute_state_dict: local_state_dict after loading full."""
+#: A pseudo keyword argument for known divergences' ``as_if``: ``contract_checks=False`` judges a
+#: load that returned instead of raising as if the contract checked nothing; the entries the
+#: failed checks are about are then unspecified, every other entry must load as the contract says.
+CONTRACT_CHECKS = "contract_checks"
+
+
+def load_check_failures(case: Case, utility: str) -> list[tuple[Key, str]]:
+    """The checks a load fails before writing anything (CONTRACT broadcast_state_dict steps
+    1-2, distribute_state_dict, broadcast_tensors), in the order the contract makes them:
+    ``(key, message)`` for each DTensor in the full state dict, then for each local DTensor
+    entry (in load order) whose global shape is not its full tensor's. Every rank holds the same
+    specs, so every rank fails them, naming group rank 0 where the ranks agree."""
+    full_items = dict(_full_items(case.state_dict))
+    failures: list[tuple[Key, str]] = []
+    if utility != "broadcast_tensors":
+        failures += [
+            (key, f"{utility}: full_state_dict[{key!r}] is a DTensor; expected a plain tensor")
+            for key, spec in full_items.items()
+            if isinstance(spec, DTensorSpec)
+        ]
+        order = [k for k, v in full_items.items() if isinstance(v, TensorSpec)]
+    else:
+        order = list(case.kwarg("keys", ()))
+    local_items = dict(_local_items(_other(case)))
+    agreed = "" if utility == "distribute_state_dict" else "rank 0, "
+    for key in order:
+        entry, full_shape = local_items.get(key), tuple(cast(TensorSpec, full_items[key]).shape)
+        if isinstance(entry, DTensorSpec) and tuple(entry.tensor.shape) != full_shape:
+            failures.append(
+                (
+                    key,
+                    f"{utility}: {agreed}local_state_dict[{key!r}]: DTensor global shape "
+                    f"{tuple(entry.tensor.shape)} does not match full shape {full_shape}",
+                )
+            )
+    return failures
+
+
+def _load(case: Case, rank: int, utility: str, strict: bool = False) -> Outcome:
+    """``local_state_dict`` after ``utility`` (broadcast_state_dict, distribute_state_dict,
+    broadcast_tensors) loaded the case's full state dict into it."""
     full = _inputs(case, case.state_dict, rank, FULL_ROOT)
     local = _inputs(case, _other(case), rank, "local_state_dict", seed_offset=1)
+    failures = load_check_failures(case, utility)
+    if failures and case.kwarg(CONTRACT_CHECKS, True):
+        untouched = {"local_state_dict": local.observe_all(), FULL_ROOT: full.observe_all()}
+        return Outcome(RaisedObs("ValueError", failures[0][1]), untouched)
+    unspecified = {key for key, _ in failures}
     full_items = dict(_full_items(case.state_dict))
     offload = bool(case.kwarg("cpu_offload", False))
     stored_on = "cpu" if offload else _device_arg_type(case)
     after: list[tuple[Any, Any]] = []
     for key, spec in _local_items(_other(case)):
         path = (key,)
+        if key in unspecified:
+            after.append((key, ANY))
+            continue
         if key not in full_items:
             if not strict:
                 after.append((key, local.unchanged(path, spec)))
@@ -450,13 +497,14 @@ def _load(case: Case, rank: int, strict: bool) -> Outcome:
                 )
     keys = tuple(k for k, _ in after)
     mutated = {"local_state_dict": Container("dict", keys, tuple(v for _, v in after))}
-    if rank == 0 or case.utility == "distribute_state_dict":
+    if rank == 0 or utility == "distribute_state_dict":
         mutated[FULL_ROOT] = full.observe_all()
     return Outcome(NONE, mutated)
 
 
 def _broadcast_state_dict(case: Case, rank: int) -> Outcome:
-    return _from_group_rank0(case, rank, lambda: _load(case, rank, strict=bool(case.kwarg("strict", False))))
+    strict = bool(case.kwarg("strict", False))
+    return _from_group_rank0(case, rank, lambda: _load(case, rank, "broadcast_state_dict", strict))
 
 
 def _from_group_rank0(case: Case, rank: int, load: Callable[[], Outcome]) -> Outcome:
@@ -474,7 +522,7 @@ def _from_group_rank0(case: Case, rank: int, load: Callable[[], Outcome]) -> Out
 
 
 def _distribute_state_dict(case: Case, rank: int) -> Outcome:
-    return _load(case, rank, strict=False)
+    return _load(case, rank, "distribute_state_dict")
 
 
 def _broadcast_tensors(case: Case, rank: int) -> Outcome:
@@ -484,7 +532,7 @@ def _broadcast_tensors(case: Case, rank: int) -> Outcome:
     full_sd = cast(DictSpec, case.state_dict)  # a full_state_dicts DictSpec
     narrowed = DictSpec(tuple((k, v) for k, v in full_sd.items if k in keys), full_sd.kind)
     return _from_group_rank0(
-        case, rank, lambda: _load(replace(case, state_dict=narrowed), rank, strict=False)
+        case, rank, lambda: _load(replace(case, state_dict=narrowed), rank, "broadcast_tensors")
     )
 
 
