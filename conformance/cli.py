@@ -368,7 +368,7 @@ def _add_suite_options(p: argparse.ArgumentParser, default_target: str) -> None:
         "--expected", default=None, help="known-divergence file: a path, a shipped name (torch) or none"
     )
     p.add_argument(
-        "--world-sizes", default="2", type=_world_sizes, help="comma-separated world sizes (default 2)"
+        "--world-sizes", default="2,4", type=_world_sizes, help="comma-separated world sizes (default 2,4)"
     )
     p.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     p.add_argument(

@@ -3,7 +3,7 @@
 Loaded through the ``pytest11`` entry point. Settings come from options or environment
 variables (option wins): ``--target`` / ``SDC_TARGET`` (default ``impl``), ``--expected`` /
 ``SDC_EXPECTED`` (known-divergence file; default: the shipped one named like the target, if
-any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2``), ``--backend`` / ``SDC_BACKEND``
+any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2,4``), ``--backend`` / ``SDC_BACKEND``
 (``gloo``), ``--case-timeout`` / ``SDC_CASE_TIMEOUT`` (30 s), ``--sdc-profile`` /
 ``SDC_PROFILE`` (``dev``), ``--max-examples`` / ``SDC_MAX_EXAMPLES``, ``--placement`` /
 ``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities),
@@ -91,7 +91,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def read_config(config: pytest.Config) -> HarnessConfig:
     """The suite's settings; raises pytest.UsageError with one line for bad values."""
-    sizes_text = _setting(config, "world_sizes", "2")
+    sizes_text = _setting(config, "world_sizes", "2,4")
     try:
         sizes = tuple(int(s) for s in _names(sizes_text))
     except ValueError:

@@ -257,6 +257,7 @@ PLANTED: tuple[PlantedBug, ...] = (
             "distribute-replicated-dtensor-aliases-full",
             "distribute-uneven-strided-shard-asserts",
             "distribute-dtensor-in-full-undetected",
+            "distribute-dtensor-in-full-redistribute-refused",
         ),
         "distribute_state_dict",
         "            else:\n                local_state_dict[key] = value.detach().to(device)\n",
