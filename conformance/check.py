@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +57,34 @@ class CaseReport:
         lines.append(f"replay: {replay_command(self.case, self.target)}")
         return "\n".join(lines)
 
+    def to_json(self) -> dict[str, Any]:
+        """The case, its replay command, every unexcused difference and every excused one."""
+        return case_json(self.case, self.target, self.diffs, self.excused)
+
+
+def case_json(
+    case: Case,
+    target: str,
+    diffs: Sequence[Difference] = (),
+    excused: Sequence[tuple[str, Difference]] = (),
+) -> dict[str, Any]:
+    """A failed case as report data: its description, replay command and differences."""
+    return {
+        "case": case.describe(),
+        "replay": replay_command(case, target),
+        "differences": [d.to_json() for d in diffs],
+        "excused": [{"entry": entry_id, "difference": d.to_json()} for entry_id, d in excused],
+    }
+
+
+class CaseFailure(AssertionError):
+    """A case that diverges from the contract: the message people read (by default the
+    report's failure message), with the case's report data in ``details``."""
+
+    def __init__(self, report: CaseReport, message: str | None = None) -> None:
+        super().__init__(message or report.failure_message())
+        self.details = report.to_json()
+
 
 class CaseAborted(BaseException):
     """A case ended by a hang or a dead rank (``kind`` "hang" / "crash"), or failed leaving
@@ -63,9 +92,10 @@ class CaseAborted(BaseException):
     step would cost a timeout and a world restart): the property stops here with this
     report, and the run goes on with the next property."""
 
-    def __init__(self, text: str, kind: str) -> None:
+    def __init__(self, text: str, kind: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(text)
         self.kind = kind
+        self.details = details  # the case as report data (see case_json), where known
 
 
 def fault_report(case: Case, target: str, exc: JobFailed) -> str:
@@ -89,7 +119,7 @@ def observe_case(world: JobRunner, case: Case, target: str, abort_on_fault: bool
         return world.run(run_case, case, target)
     except JobFailed as exc:
         if abort_on_fault and exc.kind in ("hang", "crash"):
-            raise CaseAborted(fault_report(case, target, exc), exc.kind) from None
+            raise CaseAborted(fault_report(case, target, exc), exc.kind, case_json(case, target)) from None
         outcomes = []
         for rank in range(world.size):
             if rank in exc.results:
@@ -137,6 +167,7 @@ def check_case(
             report.failure_message()
             + "\n(not shrunk: ranks were left blocked, and each retry restarts the world)",
             "blocked",
+            report.to_json(),
         )
     return report
 
@@ -197,7 +228,7 @@ def law_differences(
         outcomes: list[Outcome | None] = list(world.run(run_law, case, law, target))
     except JobFailed as exc:
         if abort_on_fault and exc.kind in ("hang", "crash"):
-            raise CaseAborted(fault_report(case, target, exc), exc.kind) from None
+            raise CaseAborted(fault_report(case, target, exc), exc.kind, case_json(case, target)) from None
         if exc.kind != "error" or any(f.type_name != "Blocked" for f in exc.failures.values()):
             rank = next(iter(exc.failures), 0)
             return [Difference(rank, case.utility, (), "job", exc.kind, "result", f"{exc}")]

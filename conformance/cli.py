@@ -186,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from conformance.divergences import load_divergences
     from conformance.harness import HarnessConfig
+    from conformance.plugin import summary_line
     from conformance.report import Collector, RunReport, remember_divergences, write_json
     from conformance.targets import load_target
 
@@ -204,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         str(SUITE),
         "-p",
         "no:cacheprovider",
-        "-q",
+        "-v" if args.verbose else "-q",
         "-rfEX",
         "-W",
         "ignore::pytest.PytestAssertRewriteWarning",
@@ -214,7 +215,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.junit:
         pytest_args += [f"--junitxml={args.junit}"]
     collector = Collector()
-    start = time.perf_counter()
     if args.launcher == "torchrun":
         from conformance.torchrun import run_under_torchrun
 
@@ -225,7 +225,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             return status  # only rank 0 drives the suite and reports
     else:
         status = pytest.main(pytest_args, plugins=[collector])
-    seconds = time.perf_counter() - start
     if status in (pytest.ExitCode.USAGE_ERROR,):
         return 2
     if status == pytest.ExitCode.INTERRUPTED:
@@ -235,22 +234,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     for utility, count in collector.stats.get("by_utility", {}).items():
         key = "laws" if utility.startswith("law:") else utility
         by_utility[key] = by_utility.get(key, 0) + count
+    divergences = load_divergences(config.expected_name)
+    stats = {"cases": 0, "seconds": 0.0, "cases_per_second": 0.0, **collector.stats}
     report = RunReport(
         target=args.target,
         torch_version=torch.__version__,
         target_file=load_target(args.target).file,
-        divergence_file=load_divergences(config.expected_name).source,
+        divergence_file=divergences.source,
         world_sizes=list(args.world_sizes),
         backend=args.backend,
         profile=args.profile,
+        divergences={
+            **divergences.to_json(),
+            "excused": stats.get("excused", {}),
+            "unused": stats.get("unused", []),
+        },
         summary={
-            "cases": collector.stats.get("cases", 0),
-            "seconds": round(seconds, 2),
+            "cases": stats["cases"],
+            "seconds": stats["seconds"],
+            "cases_per_second": stats["cases_per_second"],
             **{
                 o: sum(r.outcome == o for r in collector.results)
                 for o in ("passed", "failed", "missing", "xfailed", "xpassed", "skipped")
             },
-            "excused": collector.stats.get("excused", {}),
+            "excused": stats.get("excused", {}),
             "cases_by_utility": by_utility,
         },
         results=collector.results,
@@ -259,7 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(report.table())
     s = report.summary
     print(
-        f"\n{s['cases']} cases in {s['seconds']:.1f}s ({s['cases'] / max(s['seconds'], 1e-9):.1f} cases/s): "
+        f"\n{summary_line(stats)}, target {args.target}: "
         f"{s['passed']} passed, {s['failed']} failed, {s['missing']} missing, {s['xfailed']} known divergences, "
         f"{s['xpassed']} no longer reproducing, {s['skipped']} skipped"
     )
@@ -401,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--launcher", default="spawn", choices=["spawn", "torchrun"])
     run.add_argument(
         "--strict", action="store_true", help="known divergences that no longer reproduce fail the run"
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="pytest's verbose output, with Hypothesis' hints to reproduce a failing example",
     )
     run.add_argument(
         "--time-limit",

@@ -175,6 +175,20 @@ class Divergences:
             text += f"; absent: {', '.join(self.absent)}"
         return text + ")"
 
+    def to_json(self) -> dict[str, Any]:
+        """The file, the installed torch, and its entries (active or not) with their torch ranges."""
+
+        def entry(e: Divergence) -> dict[str, Any]:
+            return {"id": e.id, "utilities": list(e.utilities), "torch": str(e.torch) if e.torch else None}
+
+        return {
+            "file": self.source,
+            "torch": str(torch_version()),
+            "active": [entry(e) for e in self.entries],
+            "inactive": [entry(e) for e in self.inactive],
+            "absent": list(self.absent),
+        }
+
     def for_utility(self, utility: str) -> list[Divergence]:
         return [e for e in self.entries if utility in e.utilities]
 

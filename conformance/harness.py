@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.case import Case
-from conformance.check import CaseAborted, CaseReport, check_case, observe_case
+from conformance.check import CaseAborted, CaseReport, case_json, check_case, observe_case
 from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
 from conformance.targets import Target, load_target
 from conformance.world import JobRunner, World
@@ -186,7 +186,11 @@ class Harness:
         with ``count``, the differences they excuse count as this run's hits)."""
         if case.utility in self.faults:
             # One hang or dead rank per utility is enough: later properties fail at once.
-            raise CaseAborted(f"{case.describe()} not run: {self.faults[case.utility]}", "skipped")
+            raise CaseAborted(
+                f"{case.describe()} not run: {self.faults[case.utility]}",
+                "skipped",
+                case_json(case, self.config.target),
+            )
         self.cases_by_utility[case.utility] = self.cases_by_utility.get(case.utility, 0) + 1
         divergences = self.divergences if excuse else None
         try:

@@ -201,9 +201,26 @@ def run_stats(config: pytest.Config) -> dict:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    stats = session.config.stash[_STATS]
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: hand the figures to the controller
-        workeroutput["sdc_stats"] = session.config.stash[_STATS]
+        workeroutput["sdc_stats"] = stats
+        return
+    # the run's one throughput figure, computed here once (all workers merged) and reused
+    stats["cases_per_second"] = round(stats["cases"] / stats["seconds"], 1) if stats["seconds"] else 0.0
+    stats["seconds"] = round(stats["seconds"], 2)
+
+
+def summary_line(stats: dict) -> str:
+    """The run's one summary line: ``N cases executed in S s (R cases/s)`` from run_stats."""
+    return (
+        f"{stats['cases']} cases executed in {stats['seconds']:.1f}s "
+        f"({stats.get('cases_per_second', 0.0):.1f} cases/s)"
+    )
+
+
+#: Set by a caller (the ``run`` command) that prints the summary line itself, after its table.
+SUMMARY_ELSEWHERE = pytest.StashKey[bool]()
 
 
 def pytest_testnodedown(node, error) -> None:  # xdist hook, on the controller
@@ -216,16 +233,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     stats = config.stash[_STATS]
     if not stats["cases"]:
         return
-    rate = stats["cases"] / stats["seconds"] if stats["seconds"] else 0.0
-    terminalreporter.write_sep("-", "state-dict-conformance")
-    terminalreporter.write_line(
-        f"{stats['cases']} cases executed in {stats['seconds']:.1f}s ({rate:.1f} cases/s, "
-        f"target {config.stash[_CONFIG].target})"
-    )
-    for key, count in sorted(stats["excused"].items()):
-        terminalreporter.write_line(f"known divergence {key}: excused {count} difference(s)")
-    for entry in unmatched_entries(config):
-        terminalreporter.write_line(f"known divergence {entry.id}: matched nothing in this run")
+    target = config.stash[_CONFIG].target
+    lines = [] if config.stash.get(SUMMARY_ELSEWHERE, False) else [f"{summary_line(stats)}, target {target}"]
+    lines += [
+        f"known divergence {key}: excused {n} difference(s)" for key, n in sorted(stats["excused"].items())
+    ]
+    lines += [f"known divergence {e.id}: matched nothing in this run" for e in unmatched_entries(config)]
+    if lines:
+        terminalreporter.write_sep("-", "state-dict-conformance")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def unmatched_entries(config: pytest.Config) -> list:
@@ -282,3 +299,59 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # outermost: runs after Hypothesis' wrapper
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A suite failure of a case reads as our message (with Hypothesis' reproduction hint
+    only under ``-v``) and carries each failed case's report data as ``report.sdc_failures``
+    and its replay command as the user property ``replay``."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if call.excinfo is None or not is_suite_item(item):
+        return
+    failures = list(_case_failures(call.excinfo.value))
+    if not failures:
+        return
+    report.sdc_failures = [f.details for f in failures if f.details]  # type: ignore[attr-defined]
+    for details in report.sdc_failures:  # type: ignore[attr-defined]
+        report.user_properties.append(("replay", details["replay"]))
+        item.user_properties.append(("replay", details["replay"]))  # for the teardown report (JUnit)
+    if report.failed and len(failures) == _leaf_count(call.excinfo.value):
+        verbose = item.config.get_verbosity() > 0
+        report.longrepr = "\n\n".join(_failure_text(f, verbose) for f in failures)
+        if not verbose:
+            report.sections = [s for s in report.sections if s[0] != "Hypothesis"]
+
+
+def _case_failures(exc: BaseException) -> Iterator[BaseException]:
+    """The CaseFailure / CaseAborted exceptions in ``exc`` (an exception group's included)."""
+    from conformance.check import CaseAborted, CaseFailure
+
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _case_failures(inner)
+    elif isinstance(exc, (CaseFailure, CaseAborted)):
+        yield exc
+
+
+def _leaf_count(exc: BaseException) -> int:
+    if isinstance(exc, BaseExceptionGroup):
+        return sum(_leaf_count(inner) for inner in exc.exceptions)
+    return 1
+
+
+#: Hypothesis' notes worth keeping under -v: how to reproduce its failing example.
+_HYPOTHESIS_HINTS = ("@reproduce_failure(", "@seed(", "--hypothesis-seed")
+
+
+def _failure_text(exc: BaseException, verbose: bool) -> str:
+    """Our message for a failed case; under ``verbose`` Hypothesis' reproduction hints too."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    if verbose:
+        text += "".join(
+            f"\n{note.strip()}"
+            for note in getattr(exc, "__notes__", [])
+            if any(hint in note for hint in _HYPOTHESIS_HINTS)
+        )
+    return text

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from conformance import mesh_examples
 from conformance.case import Case
 from conformance.case_strategies import CASES, LAW_CASES
+from conformance.check import CaseFailure
 from conformance.harness import Harness, active_config, out_of_time
 from strategies.spec import DictSpec, UnsupportedSpec
 
@@ -70,7 +71,7 @@ def assert_conforms(harness: Harness, case: Case) -> None:
         pytest.skip(TIME_LIMIT_REACHED)
     report = harness.check(case)
     if not report.passed:
-        raise AssertionError(report.failure_message())
+        raise CaseFailure(report)
 
 
 MISSING = "missing utility"

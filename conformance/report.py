@@ -9,21 +9,24 @@ from typing import Any
 
 import pytest
 
-from conformance.plugin import run_stats
+from conformance.plugin import SUMMARY_ELSEWHERE, run_stats, unmatched_entries
 from conformance.properties import MISSING
 from conformance.targets import UTILITIES
 
 OUTCOMES = ("passed", "failed", "missing", "xfailed", "xpassed", "skipped", "error")
-_REPLAY = re.compile(r"replay: (python -m conformance replay \S+ \S+ \S+)")
 
 
 @dataclass
 class Result:
+    """One suite test: its outcome, message, the replay command of its (first) failed case or
+    of its known divergence, and every failed case as data (``CaseReport.to_json``)."""
+
     utility: str
     property: str
     outcome: str
     message: str = ""
     replay: str = ""
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class RunReport:
     world_sizes: list[int]
     backend: str
     profile: str
+    divergences: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
 
@@ -95,20 +99,25 @@ class Collector:
             outcome = "missing"
         module, _, name = report.nodeid.partition("::")
         utility = _utility_of(module, name)
-        replay = _REPLAY.search(message)
+        replays = [value for key, value in report.user_properties if key == "replay"]
         self.results.append(
             Result(
                 utility,
                 name,
                 outcome,
                 message,
-                replay.group(1) if replay else "",
+                replays[0] if replays else "",
+                list(getattr(report, "sdc_failures", [])),
             )
         )
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[SUMMARY_ELSEWHERE] = True  # printed after the table, from self.stats
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.stats = dict(run_stats(session.config))
+        self.stats["unused"] = [entry.id for entry in unmatched_entries(session.config)]
 
 
 def _outcome(report: pytest.TestReport) -> str | None:

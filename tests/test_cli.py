@@ -186,6 +186,7 @@ def test_run_reports_a_planted_bug_with_replay_and_json(tmp_path):
         "world_sizes",
         "backend",
         "profile",
+        "divergences",
         "summary",
         "results",
     }

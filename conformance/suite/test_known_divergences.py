@@ -10,6 +10,7 @@
 import pytest
 
 from conformance.case import Case, replay_command
+from conformance.check import CaseFailure
 from conformance.divergences import load_divergences
 from conformance.harness import active_config
 from conformance.properties import require_utilities
@@ -39,14 +40,15 @@ def test_known_divergence_reproduces(harness, divergence, request):
             f"{divergence.id}: its replay calls {case.utility}, which the entry does not name", pytrace=False
         )
     require_utilities(harness, case.utility)
+    replay = replay_command(case, harness.config.target)
+    request.node.user_properties.append(("replay", replay))  # reported for XPASS too
     report = harness.check(case, count=False)
     mine = [diff for entry_id, diff in report.excused if entry_id == divergence.id]
     if report.diffs:
         lines = "\n".join(f"  {d.render()}" for d in report.diffs[:10])
-        pytest.fail(
-            f"{divergence.id} changed: its replay diverges in a way no entry excuses:\n{lines}\n"
-            f"replay: {replay_command(case, harness.config.target)}",
-            pytrace=False,
+        raise CaseFailure(
+            report,
+            f"{divergence.id} changed: its replay diverges in a way no entry excuses:\n{lines}\nreplay: {replay}",
         )
     if mine:
         raise KnownDivergenceReproduces(f"{divergence.id} reproduces: {mine[0].render()}")
