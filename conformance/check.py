@@ -29,6 +29,7 @@ class CaseReport:
     target: str
     diffs: list[Difference]  # unexcused differences, rank by rank
     excused: list[tuple[str, Difference]] = field(default_factory=list)  # (divergence id, difference)
+    observed: list[Outcome] | None = None  # every rank's outcome (None for a law's case)
 
     @property
     def passed(self) -> bool:
@@ -54,8 +55,44 @@ class CaseReport:
             lines.append(f"  ... and {hidden} more differences")
         for entry_id, count in self.excused_counts.items():
             lines.append(f"  (known divergence {entry_id} excused {count} other difference(s))")
+        for rank in range(self.case.world_size):
+            raised = self.raised_lines(rank)
+            if raised:
+                lines += [f"  rank {rank} {raised[0]}", *(f"  {line}" for line in raised[1:])]
         lines.append(f"replay: {replay_command(self.case, self.target)}")
         return "\n".join(lines)
+
+    def raised_lines(self, rank: int) -> list[str]:
+        """``raised X: message`` and the target's traceback, indented, where ``rank`` raised."""
+        outcome = self.observed[rank] if self.observed else None
+        if outcome is None or not isinstance(outcome.result, RaisedObs):
+            return []
+        raised = outcome.result
+        return [
+            f"raised {raised.type_name}: {raised.message}",
+            *(f"  {t}" for t in raised.traceback.splitlines()),
+        ]
+
+    def rank_lines(self) -> list[str]:
+        """What ``replay`` (and a ``replay --script`` script) prints: each rank's differences,
+        those excused, and where it raised; the known divergences that excused any."""
+        if self.passed and not self.excused:
+            return ["conforms: every rank observed what the contract expects"]
+        lines = []
+        for rank in range(self.case.world_size):
+            mine = [d for d in self.diffs if d.rank == rank]
+            excused = [(entry, d) for entry, d in self.excused if d.rank == rank]
+            if not mine and not excused:
+                lines.append(f"rank {rank}: matches the contract")
+            else:
+                lines.append(f"rank {rank}: {len(mine)} difference(s), {len(excused)} excused")
+            lines += [f"  {diff.render().split(', ', 1)[1]}" for diff in mine]
+            lines += [f"  excused by {entry}: {diff.render().split(', ', 1)[1]}" for entry, diff in excused]
+            lines += [f"  {line}" for line in self.raised_lines(rank)]
+        lines += [
+            f"known divergence {key}: excused {n} difference(s)" for key, n in self.excused_counts.items()
+        ]
+        return lines
 
     def to_json(self) -> dict[str, Any]:
         """The case, its replay command, every unexcused difference and every excused one."""
@@ -150,18 +187,10 @@ def check_case(
     two sides with each other); known divergences excuse only the differences they match.
     With ``abort_on_fault`` a hang or a dead rank raises :class:`CaseAborted`."""
     if case.utility.startswith(LAW_PREFIX):
-        diffs = law_differences(world, case, target, abort_on_fault)
-        observed = None
+        diffs = located(case, law_differences(world, case, target, abort_on_fault))
+        report = _excuse(CaseReport(case, target, diffs), divergences, count)
     else:
-        observed = observe_case(world, case, target, abort_on_fault)
-        diffs = oracle_differences(case, observed)
-    diffs = [replace(d, leaf=leaf_info(case, d)) for d in diffs]
-    report = CaseReport(case, target, diffs)
-    if divergences is not None and diffs:
-        report.diffs, report.excused = divergences.excuse(case, diffs, count)
-        if observed is not None:
-            rejudged, found = _judged_as_if(case, observed, report.excused, divergences, count)
-            report.diffs = [d for d in report.diffs if d.rank not in rejudged] + found
+        report = judge(case, target, observe_case(world, case, target, abort_on_fault), divergences, count)
     if abort_on_fault and any(left_blocked(d) for d in report.diffs):
         raise CaseAborted(
             report.failure_message()
@@ -169,6 +198,35 @@ def check_case(
             "blocked",
             report.to_json(),
         )
+    return report
+
+
+def judge(
+    case: Case,
+    target: str,
+    observed: list[Outcome],
+    divergences: Divergences | None = None,
+    count: bool = True,
+) -> CaseReport:
+    """The report on every rank's observed outcome of ``case`` (not a law's): the oracle's
+    differences, less those the known ``divergences`` excuse."""
+    report = CaseReport(case, target, located(case, oracle_differences(case, observed)), observed=observed)
+    report = _excuse(report, divergences, count)
+    if divergences is not None and report.excused:
+        rejudged, found = _judged_as_if(case, observed, report.excused, divergences, count)
+        report.diffs = [d for d in report.diffs if d.rank not in rejudged] + found
+    return report
+
+
+def located(case: Case, diffs: list[Difference]) -> list[Difference]:
+    """``diffs`` with what the case's spec says about the leaf each one is on."""
+    return [replace(d, leaf=leaf_info(case, d)) for d in diffs]
+
+
+def _excuse(report: CaseReport, divergences: Divergences | None, count: bool) -> CaseReport:
+    """``report`` with the differences the known ``divergences`` match moved to ``excused``."""
+    if divergences is not None and report.diffs:
+        report.diffs, report.excused = divergences.excuse(report.case, report.diffs, count)
     return report
 
 
@@ -207,7 +265,7 @@ def _judged_as_if(
         as_if = case.with_kwargs(**dict(entry.as_if))
         mine = [observed[r] if r == diff.rank else Outcome(ANY) for r in range(case.world_size)]
         again = [d for d in oracle_differences(case, mine, as_if) if d.rank == diff.rank]
-        again = [replace(d, leaf=leaf_info(case, d)) for d in again]
+        again = located(case, again)
         left, more = divergences.excuse(case, again, count)
         excused.extend(more)
         found += left

@@ -293,7 +293,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from conformance.script import ScriptUnsupported, standalone_script
 
         try:
-            print(standalone_script(case))
+            print(standalone_script(case, args.target))
         except ScriptUnsupported as exc:
             raise UsageError(str(exc)) from None
         return 0
@@ -307,22 +307,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"replaying {case.describe()} against {args.target}")
     with World(case.world_size, case.backend, job_timeout=args.case_timeout) as world:
         report = check_case(world, case, args.target, divergences)
-    if report.passed and not report.excused:
-        print("conforms: every rank observed what the contract expects")
-        return 0
-    for rank in range(case.world_size):
-        mine = [d for d in report.diffs if d.rank == rank]
-        excused = [(entry, d) for entry, d in report.excused if d.rank == rank]
-        if not mine and not excused:
-            print(f"rank {rank}: matches the contract")
-            continue
-        print(f"rank {rank}: {len(mine)} difference(s), {len(excused)} excused")
-        for diff in mine:
-            print(f"  {diff.render().split(', ', 1)[1]}")
-        for entry, diff in excused:
-            print(f"  excused by {entry}: {diff.render().split(', ', 1)[1]}")
-    for key, count in report.excused_counts.items():
-        print(f"known divergence {key}: excused {count} difference(s)")
+    print("\n".join(report.rank_lines()))
     return 0 if report.passed else 1
 
 
@@ -434,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--expected", default=None)
     replay.add_argument("--case-timeout", type=float, default=30.0)
     replay.add_argument(
-        "--script", action="store_true", help="print a standalone torch.distributed script instead"
+        "--script",
+        action="store_true",
+        help="print a standalone script reproducing the case against --target",
     )
     replay.set_defaults(func=cmd_replay)
 

@@ -135,3 +135,23 @@ def thread_stack(thread_id: int) -> str:
     for summary in reversed(traceback.extract_stack(frame)):
         lines.append(f'  File "{summary.filename}", line {summary.lineno} in {summary.name}')
     return trim_stack("\n".join(lines))
+
+
+def target_traceback(exc: BaseException, target_file: str) -> str:
+    """Where ``exc`` was raised, as Python prints a traceback but with only the frames in the
+    target's source (``target_file``, or its package's folder for an ``__init__.py``): not
+    the harness's, pytest's or torch's. '' when no frame of the traceback is the target's."""
+    import traceback
+
+    source = Path(target_file).resolve()
+    root = source.parent if source.name == "__init__.py" else source
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if (where := Path(frame.filename).resolve()) == root or root in where.parents
+    ]
+    if not frames:
+        return ""
+    lines = ["Traceback (most recent call last; the target's frames):", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(exc)
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip("\n")

@@ -70,6 +70,8 @@ class ValueObs:
 class RaisedObs:
     type_name: str
     message: str  # expected side: a substring the observed message must contain
+    # observed side: where the target raised (its own frames only); never compared
+    traceback: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

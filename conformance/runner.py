@@ -8,11 +8,13 @@ exception from the target becomes a ``RaisedObs`` result (and marks the outcome
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 from conformance.case import Case
+from conformance.faults import target_traceback
 from conformance.materialise import Builder, Materialised
 from conformance.observation import Observer, Outcome, RaisedObs
 from conformance.targets import load_target
@@ -106,40 +108,46 @@ def pg_ranks(choice: str | None, world_size: int) -> tuple[int, ...]:
     return tuple(range(1, world_size)) if choice == "tail" else tuple(range(world_size))
 
 
-def _call_gather(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+@dataclass
+class Call:
+    """One rank's call: its positional and keyword arguments, and the arguments observed after
+    it (root -> live value); ``args`` is None where this rank makes no call (outside ``pg``)."""
+
+    args: tuple[Any, ...] | None
+    kwargs: dict[str, Any]
+    arguments: dict[str, Any]
+
+
+def _call_gather(c: CallContext) -> Call:
     """A subgroup ``pg`` also holds the tree's ShardedTensors; its non-members do not call."""
     pg = c.pg_kwarg()
     if not c.in_pg():
-        return (lambda: None), {}
+        return Call(None, {}, {})
     sd = c.build(c.case.state_dict, ROOT, sharded_group=c.sharded_group(pg)).value
     kwargs = c.case.call_kwargs()
     kwargs.pop("pg", None)
     kwargs.pop("device", None)
     if c.case.kwarg("pg") is not None:
         kwargs["pg"] = pg
-    return (lambda: fn(sd, **kwargs)), {ROOT: sd}
+    return Call((sd,), kwargs, {ROOT: sd})
 
 
-def _call_offload(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_one_tree(c: CallContext) -> Call:
+    """The state dict and the case's keyword arguments as they are."""
     sd = c.build(c.case.state_dict, ROOT).value
-    return (lambda: fn(sd, **c.case.call_kwargs())), {ROOT: sd}
+    return Call((sd,), c.case.call_kwargs(), {ROOT: sd})
 
 
-def _call_copy(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_copy(c: CallContext) -> Call:
     sd = c.build(c.case.state_dict, ROOT).value
     dest = c.build(c.case.other, "copy_state_dict", seed_offset=1).value
-    return (lambda: fn(sd, dest, **c.case.call_kwargs())), {ROOT: sd, "copy_state_dict": dest}
+    return Call((sd, dest), c.case.call_kwargs(), {ROOT: sd, "copy_state_dict": dest})
 
 
-def _call_create_cpu(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
-    sd = c.build(c.case.state_dict, ROOT).value
-    return (lambda: fn(sd, **c.case.call_kwargs())), {ROOT: sd}
-
-
-def _call_similarity(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_similarity(c: CallContext) -> Call:
     sd = c.build(c.case.state_dict, ROOT).value
     other = c.build(c.case.other, "compared_state_dict", seed_offset=1).value
-    return (lambda: fn(sd, other)), {ROOT: sd, "compared_state_dict": other}
+    return Call((sd, other), {}, {ROOT: sd, "compared_state_dict": other})
 
 
 def _full_and_local(c: CallContext, only_rank0: bool) -> tuple[dict, dict]:
@@ -152,28 +160,23 @@ def _full_and_local(c: CallContext, only_rank0: bool) -> tuple[dict, dict]:
     return full, local
 
 
-def _call_broadcast_state_dict(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_broadcast_state_dict(c: CallContext) -> Call:
     full, local = _full_and_local(c, only_rank0=True)
     kwargs = {k: v for k, v in c.case.call_kwargs().items() if k in ("strict", "cpu_offload")}
     device, pg = c.device_kwarg(), c.pg_kwarg()
+    arguments = {FULL_ROOT: full, "local_state_dict": local}
     if not c.in_pg():
-        return (lambda: None), {FULL_ROOT: full, "local_state_dict": local}  # not a member: no call
-    return (lambda: fn(full, local, device=device, pg=pg, **kwargs)), {
-        FULL_ROOT: full,
-        "local_state_dict": local,
-    }
+        return Call(None, {}, arguments)  # not a member: no call
+    return Call((full, local), {"device": device, "pg": pg, **kwargs}, arguments)
 
 
-def _call_distribute_state_dict(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_distribute_state_dict(c: CallContext) -> Call:
     full, local = _full_and_local(c, only_rank0=False)
-    device, pg = c.device_kwarg(), c.pg_kwarg()
-    return (lambda: fn(full, local, device=device, pg=pg)), {
-        FULL_ROOT: full,
-        "local_state_dict": local,
-    }
+    kwargs = {"device": c.device_kwarg(), "pg": c.pg_kwarg()}
+    return Call((full, local), kwargs, {FULL_ROOT: full, "local_state_dict": local})
 
 
-def _call_broadcast_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_broadcast_tensors(c: CallContext) -> Call:
     """Group rank 0 passes the full tensors, the other members their size and dtype; ranks
     outside the group do not call."""
     full, local = _full_and_local(c, only_rank0=False)
@@ -184,11 +187,11 @@ def _call_broadcast_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], 
     device, pg = c.device_kwarg(), c.pg_kwarg()
     arguments = {"local_state_dict": local} | ({FULL_ROOT: full} if source else {})
     if not c.in_pg():
-        return (lambda: None), arguments  # not a member: no call
-    return (lambda: fn(full, local, keys, device, pg)), arguments
+        return Call(None, {}, arguments)  # not a member: no call
+    return Call((full, local, keys, device, pg), {}, arguments)
 
 
-def _call_distribute_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_distribute_tensors(c: CallContext) -> Call:
     """``state_dict`` holds local DTensors and plain tensors; each DTensor named in ``keys`` is
     paired with its full tensor (:func:`distributed_fulls`, values drawn under the
     ``full_state_dict`` root), other entries and absent keys are passed as they are."""
@@ -200,8 +203,7 @@ def _call_distribute_tensors(c: CallContext, fn: Callable) -> tuple[Callable[[],
     for key in keys:
         if isinstance(local.get(key), DTensor):
             local[key] = (local[key], full[key])
-    device, pg = c.device_kwarg(), c.pg_kwarg()
-    return (lambda: fn(local, keys, device, pg)), {"local_state_dict": local}
+    return Call((local, keys, c.device_kwarg(), c.pg_kwarg()), {}, {"local_state_dict": local})
 
 
 def distributed_fulls(case: Any) -> Any:
@@ -219,12 +221,12 @@ def global_specs(spec: Any) -> Any:
     )
 
 
-def _call_flatten(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_flatten(c: CallContext) -> Call:
     sd = c.build(c.case.state_dict, ROOT).value
-    return (lambda: fn(sd)), {ROOT: sd}
+    return Call((sd,), {}, {ROOT: sd})
 
 
-def _call_unflatten(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_unflatten(c: CallContext) -> Call:
     """The flat dict and mapping are computed here from the nested input (not by the target)."""
     from conformance.oracle.expect import flatten_paths, object_path
 
@@ -236,51 +238,83 @@ def _call_unflatten(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], di
             value = value[key]
         flat[fqn] = value
         mapping[fqn] = object_path(c.case.state_dict, path)
-    return (lambda: fn(flat, mapping)), {"flat_state_dict": flat}
+    return Call((flat, mapping), {}, {"flat_state_dict": flat})
 
 
-def _call_all_gather_sharded(c: CallContext, fn: Callable) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _call_all_gather_sharded(c: CallContext) -> Call:
     """A subgroup ``pg`` (``"tail"``) also holds the ShardedTensor; its non-members do not call.
     Every rank makes the group first (``new_group`` is collective over all ranks)."""
     pg = c.pg_kwarg()
     if not c.in_pg():
-        return (lambda: None), {}
+        return Call(None, {}, {})
     st = c.build(c.case.state_dict, ROOT, sharded_group=c.sharded_group(pg)).value
-    kwargs = {}
-    if c.case.kwarg("pg") is not None:
-        kwargs["pg"] = pg
-    return (lambda: fn(st, **kwargs)), {ROOT: st}
+    kwargs = {"pg": pg} if c.case.kwarg("pg") is not None else {}
+    return Call((st,), kwargs, {ROOT: st})
 
 
-CALLS: dict[str, Callable[[CallContext, Callable], tuple[Callable[[], Any], dict[str, Any]]]] = {
-    "gather_state_dict": _call_gather,
-    "offload_state_dict_to_cpu": _call_offload,
-    "copy_state_dict": _call_copy,
-    "create_cpu_state_dict": _call_create_cpu,
-    "check_state_dict_similarity": _call_similarity,
-    "distribute_tensors": _call_distribute_tensors,
-    "broadcast_tensors": _call_broadcast_tensors,
-    "broadcast_state_dict": _call_broadcast_state_dict,
-    "distribute_state_dict": _call_distribute_state_dict,
-    "flatten_state_dict": _call_flatten,
-    "unflatten_state_dict": _call_unflatten,
-    "all_gather_sharded_tensor": _call_all_gather_sharded,
+@dataclass(frozen=True)
+class RankCall:
+    """How a rank calls one utility: ``build`` makes the live :class:`Call` of a case, and
+    ``params`` names its positional arguments (as ``replay --script`` writes the call)."""
+
+    build: Callable[[CallContext], Call]
+    params: tuple[str, ...]
+
+
+CALLS: dict[str, RankCall] = {
+    "gather_state_dict": RankCall(_call_gather, ("state_dict",)),
+    "offload_state_dict_to_cpu": RankCall(_call_one_tree, ("state_dict",)),
+    "copy_state_dict": RankCall(_call_copy, ("state_dict", "copy_state_dict")),
+    "create_cpu_state_dict": RankCall(_call_one_tree, ("state_dict",)),
+    "check_state_dict_similarity": RankCall(_call_similarity, ("state_dict", "compared_state_dict")),
+    "distribute_tensors": RankCall(_call_distribute_tensors, ("local_state_dict", "keys", "device", "pg")),
+    "broadcast_tensors": RankCall(
+        _call_broadcast_tensors, ("full_state_dict", "local_state_dict", "keys", "device", "pg")
+    ),
+    "broadcast_state_dict": RankCall(_call_broadcast_state_dict, ("full_state_dict", "local_state_dict")),
+    "distribute_state_dict": RankCall(_call_distribute_state_dict, ("full_state_dict", "local_state_dict")),
+    "flatten_state_dict": RankCall(_call_flatten, ("state_dict",)),
+    "unflatten_state_dict": RankCall(_call_unflatten, ("flat_state_dict", "mapping")),
+    "all_gather_sharded_tensor": RankCall(_call_all_gather_sharded, ("sharded_tensor",)),
 }
+
+
+class LiveCall:
+    """One rank's side of a case before and after the call: the live inputs, built exactly as
+    every run builds them (``args``, ``kwargs``; ``args`` None where this rank makes no call),
+    then the outcome observed from what the call returned or raised."""
+
+    def __init__(self, case: Case) -> None:
+        self._context = CallContext(case)  # keeps the inputs alive until they are observed
+        self.call = CALLS[case.utility].build(self._context)
+        self.args, self.kwargs = self.call.args, self.call.kwargs
+        self._observer = Observer(self._context.storages)
+        self._observer.remember_inputs(self.call.arguments)
+
+    def _arguments(self) -> dict[str, Any]:
+        return {name: self._observer.observe_argument(v) for name, v in self.call.arguments.items()}
+
+    def returned(self, result: Any) -> Outcome:
+        """The outcome of a call that returned ``result`` (None where no call was made)."""
+        return Outcome(self._observer.observe_result(result), self._arguments())
+
+    def raised(self, exc: BaseException, target_file: str) -> Outcome:
+        """The outcome of a call that raised ``exc``, with the target's frames of its traceback."""
+        raised = RaisedObs(type(exc).__name__, str(exc), target_traceback(exc, target_file))
+        return Outcome(raised, self._arguments(), may_desync=True)
 
 
 def run_case(case: Case, target_name: str) -> Outcome:
     """World job: call ``case.utility`` of the target on this rank and observe the outcome."""
-    fn = load_target(target_name).function(case.utility)
+    target = load_target(target_name)
+    fn = target.function(case.utility)
     if fn is None:
         raise LookupError(f"target {target_name!r} has no {case.utility}")
-    c = CallContext(case)
-    call, arguments = CALLS[case.utility](c, fn)
-    observer = Observer(c.storages)
-    observer.remember_inputs(arguments)
+    inputs = LiveCall(case)
+    if inputs.args is None:
+        return inputs.returned(None)
     try:
-        result = call()
+        result = fn(*inputs.args, **inputs.kwargs)
     except Exception as exc:
-        mutated = {name: observer.observe_argument(value) for name, value in arguments.items()}
-        return Outcome(RaisedObs(type(exc).__name__, str(exc)), mutated, may_desync=True)
-    observed = observer.observe_result(result)
-    return Outcome(observed, {name: observer.observe_argument(v) for name, v in arguments.items()})
+        return inputs.raised(exc, target.file)
+    return inputs.returned(result)

@@ -50,13 +50,17 @@ class Target:
     def file(self) -> str:
         return getattr(self.module, "__file__", "?") or "?"
 
+    def attribute(self, utility: str) -> str | None:
+        """The name under which the target provides ``utility`` (underscored first), or None."""
+        for name in (f"_{utility}", utility):
+            if callable(getattr(self.module, name, None)):
+                return name
+        return None
+
     def function(self, utility: str) -> Any | None:
         """The target's function for ``utility`` (underscored name first), or None."""
-        for name in (f"_{utility}", utility):
-            fn = getattr(self.module, name, None)
-            if callable(fn):
-                return fn
-        return None
+        name = self.attribute(utility)
+        return None if name is None else getattr(self.module, name)
 
     def missing(self) -> list[str]:
         return [u for u in UTILITIES if self.function(u) is None]

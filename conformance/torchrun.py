@@ -83,7 +83,6 @@ from conformance.world import (
     DEFAULT_JOB_TIMEOUT,
     SLOW_ALLOWANCE_FACTOR,
     JobFailed,
-    RankContext,
     RankFailure,
     WorldUnavailable,
     _failure_of,
@@ -141,9 +140,7 @@ class _Rank:
             self.device = torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
-        _world._context = RankContext(
-            rank=self.rank, world_size=self.size, backend=backend, device=self.device
-        )
+        _world.install_context(self.rank, self.size, backend, self.device)
         from torch.distributed.distributed_c10d import _get_default_store
 
         prefix = f"sdc-torchrun/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"

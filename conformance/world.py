@@ -147,6 +147,14 @@ class RankContext:
 _context: RankContext | None = None
 
 
+def install_context(rank: int, world_size: int, backend: str, device: Any) -> RankContext:
+    """Make this process a rank of a world whose process group is initialised (jobs and
+    ``replay --script`` ranks ask :func:`context`)."""
+    global _context
+    _context = RankContext(rank=rank, world_size=world_size, backend=backend, device=device)
+    return _context
+
+
 def context() -> RankContext:
     """The calling rank's context; only valid inside a job."""
     if _context is None:
@@ -225,8 +233,7 @@ def _rank_main(
         world_size=size,
         device_id=device if backend == "nccl" else None,
     )
-    global _context
-    _context = RankContext(rank=rank, world_size=size, backend=backend, device=device)
+    install_context(rank, size, backend, device)
     conn.send_bytes(pickle.dumps(("ready", rank)))
 
     while True:

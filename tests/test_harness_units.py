@@ -236,3 +236,39 @@ def test_ranks_that_never_answered_a_crashed_job_are_reported_not_a_harness_keye
     assert [o.result.type_name for o in outcomes[:2]] == ["RankDied", "RankDied"]
     assert "no answer" in outcomes[0].result.message and "killed by SIGABRT" in outcomes[1].result.message
     assert outcomes[2] is answered
+
+
+def test_target_traceback_keeps_only_the_targets_frames(tmp_path, monkeypatch):
+    import importlib
+
+    from conformance.faults import target_traceback
+
+    (tmp_path / "sdc_tb_fork.py").write_text(
+        "def call(g):\n    return g()\n\n\ndef boom():\n    raise ValueError('x')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fork = importlib.import_module("sdc_tb_fork")
+    with pytest.raises(ValueError) as raised:
+        fork.call(lambda: fork.boom())  # a frame of this file between two of the target's
+    text = target_traceback(raised.value, fork.__file__)
+    assert f'File "{fork.__file__}", line 2, in call' in text
+    assert f'File "{fork.__file__}", line 6, in boom' in text
+    assert __file__ not in text and text.endswith("ValueError: x")
+
+
+def test_failure_text_and_replay_lines_show_every_raising_ranks_traceback():
+    from conformance.check import judge
+
+    case = Case("flatten_state_dict", 2, 1, DictSpec((("a", TensorSpec((2,), "float32")),)))
+    where = ['  File "/forks/mine.py", line 7, in _flatten_state_dict', "    raise ValueError('boom')"]
+    raised = [
+        RaisedObs("ValueError", f"boom {rank}", "\n".join([*where, f"ValueError: boom {rank}"]))
+        for rank in (0, 1)
+    ]
+    assert raised[0] == RaisedObs("ValueError", "boom 0")  # the traceback takes no part in comparisons
+    report = judge(case, "mine", [Outcome(r) for r in raised])
+    for text in (report.failure_message(), "\n".join(report.rank_lines())):
+        for rank in (0, 1):
+            assert f"raised ValueError: boom {rank}" in text
+            assert f"  ValueError: boom {rank}" in text
+        assert text.count(where[0].strip()) == 2, text
