@@ -1,4 +1,5 @@
-"""Driver side of one case: run it on the world, ask the oracle, compare, excuse known divergences."""
+"""Driver side of one case: run it on the world, ask the oracle, compare, excuse known divergences;
+optionally run it on a baseline target too and compare the two outcomes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conformance.case import Case, replay_command
-from conformance.compare import Difference, compare_outcomes
+from conformance.compare import Difference, compare_observed, compare_outcomes
 from conformance.divergences import Divergences, left_blocked
 from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, ORACLE_REFERENCE, open_facts, run_law
 from conformance.observation import ANY, Outcome, RaisedObs, ValueObs
@@ -27,13 +28,16 @@ class HarnessError(RuntimeError):
 class CaseReport:
     case: Case
     target: str
-    diffs: list[Difference]  # unexcused differences, rank by rank
+    diffs: list[Difference]  # unexcused differences, rank by rank (with a baseline: those it lacks)
     excused: list[tuple[str, Difference]] = field(default_factory=list)  # (divergence id, difference)
-    observed: list[Outcome] | None = None  # every rank's outcome (None for a law's case)
+    observed: list[Outcome] | None = field(default=None, repr=False)  # every rank's (not for laws)
+    baseline: str | None = None  # the target the case also ran on, if any
+    changes: list[Difference] = field(default_factory=list)  # target vs baseline; expected: baseline's
+    shared: list[Difference] = field(default_factory=list)  # unexcused, and the baseline's too
 
     @property
     def passed(self) -> bool:
-        return not self.diffs
+        return not self.diffs and not self.changes
 
     @property
     def excused_counts(self) -> dict[str, int]:
@@ -44,15 +48,19 @@ class CaseReport:
         return counts
 
     def failure_message(self) -> str:
-        lines = [f"{self.case.describe()} diverges from the contract (target {self.target}):"]
-        shown: dict[int, int] = {}
-        for diff in self.diffs:
-            shown[diff.rank] = shown.get(diff.rank, 0) + 1
-            if shown[diff.rank] <= MAX_DIFFS_PER_RANK:
-                lines.append(f"  {diff.render()}")
-        hidden = len(self.diffs) - sum(min(n, MAX_DIFFS_PER_RANK) for n in shown.values())
-        if hidden:
-            lines.append(f"  ... and {hidden} more differences")
+        if self.baseline is None:
+            lines = [f"{self.case.describe()} diverges from the contract (target {self.target}):"]
+            lines += listed(self.diffs, "  ")
+        else:
+            b = self.baseline
+            lines = [f"{self.case.describe()} differs from the baseline {b} (target {self.target}):"]
+            for title, diffs in (
+                (f"(a) where the target differs from {b} (expected: what {b} observed)", self.changes),
+                (f"contract differences that {b} does not have", self.diffs),
+                (f"(b) shared with the baseline {b}: both differ from the contract so", self.shared),
+            ):
+                if diffs:
+                    lines += [f"  {title}:", *listed(diffs, "    ")]
         for entry_id, count in self.excused_counts.items():
             lines.append(f"  (known divergence {entry_id} excused {count} other difference(s))")
         for rank in range(self.case.world_size):
@@ -60,6 +68,8 @@ class CaseReport:
             if raised:
                 lines += [f"  rank {rank} {raised[0]}", *(f"  {line}" for line in raised[1:])]
         lines.append(f"replay: {replay_command(self.case, self.target)}")
+        if self.baseline is not None:
+            lines.append(f"replay on the baseline: {replay_command(self.case, self.baseline)}")
         return "\n".join(lines)
 
     def raised_lines(self, rank: int) -> list[str]:
@@ -123,6 +133,20 @@ class CaseFailure(AssertionError):
         self.details = report.to_json()
 
 
+def listed(diffs: list[Difference], indent: str) -> list[str]:
+    """The rendered lines of ``diffs``, at most MAX_DIFFS_PER_RANK per rank, then a count of the rest."""
+    lines: list[str] = []
+    shown: dict[int, int] = {}
+    for diff in diffs:
+        shown[diff.rank] = shown.get(diff.rank, 0) + 1
+        if shown[diff.rank] <= MAX_DIFFS_PER_RANK:
+            lines.append(f"{indent}{diff.render()}")
+    hidden = len(diffs) - len(lines)
+    if hidden:
+        lines.append(f"{indent}... and {hidden} more differences")
+    return lines
+
+
 class CaseAborted(BaseException):
     """A case ended by a hang or a dead rank (``kind`` "hang" / "crash"), or failed leaving
     ranks blocked ("blocked"). A BaseException, so that Hypothesis does not shrink it (each
@@ -182,22 +206,64 @@ def check_case(
     divergences: Divergences | None = None,
     count: bool = True,
     abort_on_fault: bool = False,
+    *,
+    abort_blocked: bool = True,
 ) -> CaseReport:
     """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
     two sides with each other); known divergences excuse only the differences they match.
-    With ``abort_on_fault`` a hang or a dead rank raises :class:`CaseAborted`."""
+    With ``abort_on_fault`` a hang or a dead rank raises :class:`CaseAborted`, and so does
+    (unless not ``abort_blocked``) an unexcused difference that left ranks blocked."""
     if case.utility.startswith(LAW_PREFIX):
         diffs = located(case, law_differences(world, case, target, abort_on_fault))
         report = _excuse(CaseReport(case, target, diffs), divergences, count)
     else:
         report = judge(case, target, observe_case(world, case, target, abort_on_fault), divergences, count)
-    if abort_on_fault and any(left_blocked(d) for d in report.diffs):
+    if abort_on_fault and abort_blocked:
+        _abort_if_blocked(report)
+    return report
+
+
+def _abort_if_blocked(report: CaseReport) -> None:
+    """Raise :class:`CaseAborted` for a failing difference that left ranks blocked."""
+    if any(left_blocked(d) for d in [*report.changes, *report.diffs]):
         raise CaseAborted(
             report.failure_message()
             + "\n(not shrunk: ranks were left blocked, and each retry restarts the world)",
             "blocked",
             report.to_json(),
         )
+
+
+def check_against_baseline(
+    world: JobRunner,
+    case: Case,
+    target: str,
+    baseline: str,
+    divergences: Divergences | None = None,
+    count: bool = True,
+    abort_on_fault: bool = False,
+) -> CaseReport:
+    """:func:`check_case` for ``target``, with ``case`` also run on ``baseline`` in the same
+    world: ``changes`` are where the target's outcome differs from the baseline's, exactly and
+    rank by rank; the target's unexcused contract differences that the baseline has too move
+    from ``diffs`` to ``shared``. (A law case has no single outcome to compare: its differences
+    are split so, and a law difference the baseline lacks stays in ``diffs``.) Ranks left
+    blocked abort the case (with ``abort_on_fault``) only where the baseline's were not."""
+    report = check_case(world, case, target, divergences, count, abort_on_fault, abort_blocked=False)
+    theirs = check_case(world, case, baseline, None, count, abort_on_fault, abort_blocked=False)
+    report.baseline = baseline
+    report.shared = [d for d in report.diffs if d in theirs.diffs]
+    report.diffs = [d for d in report.diffs if d not in theirs.diffs]
+    if report.observed is not None and theirs.observed is not None:
+        root = first_root(case)
+        changes = [
+            d
+            for r in range(case.world_size)
+            for d in compare_observed(theirs.observed[r], report.observed[r], r, root)
+        ]
+        report.changes = [replace(d, leaf=leaf_info(case, d)) for d in changes]
+    if abort_on_fault:
+        _abort_if_blocked(report)
     return report
 
 

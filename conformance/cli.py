@@ -156,6 +156,8 @@ def _common_env(args: argparse.Namespace) -> dict[str, str]:
     }
     if args.expected is not None:
         env["SDC_EXPECTED"] = args.expected
+    if args.baseline is not None:
+        env["SDC_BASELINE"] = args.baseline
     if args.max_examples:
         env["SDC_MAX_EXAMPLES"] = str(args.max_examples)
     if getattr(args, "only", None):
@@ -258,6 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 for o in ("passed", "failed", "missing", "xfailed", "xpassed", "skipped")
             },
             "excused": stats.get("excused", {}),
+            "shared_with_baseline": stats.get("shared", {}),
             "cases_by_utility": by_utility,
         },
         results=collector.results,
@@ -358,6 +361,11 @@ def _add_suite_options(p: argparse.ArgumentParser, default_target: str) -> None:
     )
     p.add_argument(
         "--expected", default=None, help="known-divergence file: a path, a shipped name (torch) or none"
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="also run every case on this target (e.g. torch); the verdict is where the target differs from it",
     )
     p.add_argument(
         "--world-sizes", default="2,4", type=_world_sizes, help="comma-separated world sizes (default 2,4)"
@@ -480,6 +488,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         if getattr(args, "target", None) and args.command in ("run", "replay", "fuzz"):
             _check_target(args.target)
+        if getattr(args, "baseline", None):
+            _check_target(args.baseline)
         if getattr(args, "expected", None):
             _expected_name(args.expected, args.target)
         if getattr(args, "backend", None):

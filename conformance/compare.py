@@ -1,4 +1,5 @@
-"""Compare an expected observation tree (from the oracle) with an observed one (from a rank).
+"""Compare an expected observation tree (from the oracle) with an observed one (from a rank),
+or two observed ones exactly (:func:`compare_observed`, a target against a baseline target).
 
 Data movement is compared bitwise (NaN-aware, -0.0 distinct from 0.0); a tolerance applies
 only where the expected leaf says a reduction's order may legitimately vary. Every difference
@@ -128,8 +129,9 @@ def format_key(key: Any) -> str:
 class _Diffs:
     """Collects the differences of one rank under one argument root."""
 
-    def __init__(self, rank: int, root: str, mutated: bool = False) -> None:
+    def __init__(self, rank: int, root: str, mutated: bool = False, exact: bool = False) -> None:
         self.rank, self.root, self.mutated = rank, root, mutated
+        self.exact = exact  # the expected side is an observation too: nothing in it is open
         self.found: list[Difference] = []
 
     def add(
@@ -143,20 +145,32 @@ class _Diffs:
 
 
 def compare_outcomes(
-    expected: Outcome, observed: Outcome, rank: int, root: str = "state_dict"
+    expected: Outcome, observed: Outcome, rank: int, root: str = "state_dict", exact: bool = False
 ) -> list[Difference]:
-    """Every difference between two outcomes of one rank."""
-    diffs = _Diffs(rank, root)
+    """Every difference between two outcomes of one rank (``exact``: see :func:`compare_observed`)."""
+    diffs = _Diffs(rank, root, exact=exact)
     _compare(expected.result, observed.result, (), diffs)
     found = diffs.found
-    for name, tree in expected.mutated.items():
-        mutated = _Diffs(rank, name, mutated=True)
+    names = [*expected.mutated, *(n for n in observed.mutated if exact and n not in expected.mutated)]
+    for name in names:
+        mutated = _Diffs(rank, name, mutated=True, exact=exact)
         if name not in observed.mutated:
             mutated.add((), "observed", False, True, "not observed")
+        elif name not in expected.mutated:
+            mutated.add((), "observed", True, False, "observed, expected not observed")
         else:
-            _compare(tree, observed.mutated[name], (), mutated)
+            _compare(expected.mutated[name], observed.mutated[name], (), mutated)
         found += mutated.found
     return found
+
+
+def compare_observed(
+    baseline: Outcome, observed: Outcome, rank: int, root: str = "state_dict"
+) -> list[Difference]:
+    """Every difference between what a baseline target and the target under test observed on
+    one rank for the same case, exactly: data bitwise (NaN-aware), an exception's type and
+    whole message, data held on one side only; ``expected`` is the baseline's side."""
+    return compare_outcomes(baseline, observed, rank, root, exact=True)
 
 
 def _compare(expected: Any, observed: Any, path: tuple, diffs: _Diffs) -> None:
@@ -248,13 +262,14 @@ def _compare_raised(expected: Any, observed: Any, path: tuple, diffs: _Diffs) ->
             expected.type_name,
             f"raised {observed.type_name}: {observed.message}, expected {expected.type_name}",
         )
-    elif expected.message not in observed.message:
+    elif expected.message != observed.message if diffs.exact else expected.message not in observed.message:
+        wanted = repr(expected.message) if diffs.exact else f"a message containing {expected.message!r}"
         diffs.add(
             path,
             "message",
             observed.message,
             expected.message,
-            f"raised {observed.type_name}: {observed.message!r}, expected a message containing {expected.message!r}",
+            f"raised {observed.type_name}: {observed.message!r}, expected {wanted}",
         )
 
 
@@ -272,6 +287,8 @@ def _compare_tensor(expected: TensorObs, observed: TensorObs, path: tuple, diffs
             label = {"aliases": "aliases input", "shares": "shares storage with"}.get(field_name, field_name)
             detail = f"{label} is {_show(name, got)}, expected {_show(name, want)}"
         diffs.add(path, field_name, got, want, detail)
+    if expected.data is None and observed.data is not None and diffs.exact:
+        diffs.add(path, "data", tuple(observed.data.shape), None, "holds local data, expected none")
     if expected.data is None or expected.data is ANY:
         return
     if observed.data is None:

@@ -5,6 +5,10 @@ examples, no derandomisation), until a time budget or ``--max-examples`` per uti
 Each failure is shrunk by Hypothesis, deduplicated by the (utility, field, leaf kind) of its
 differences, and saved as a file that ``replay`` accepts, with its replay command.
 Ctrl-C stops cleanly and keeps everything found so far.
+
+With ``--baseline`` a failure is what fails ``run --baseline``: a difference from the
+baseline's outcome, or a contract difference the baseline lacks; the contract differences it
+shares with the baseline are recorded in the failure's file (``shared``) but never make one.
 """
 
 from __future__ import annotations
@@ -58,9 +62,12 @@ class FailureKey(NamedTuple):
 
 
 def failure_keys(report: CaseReport) -> frozenset[FailureKey]:
-    """The distinct keys of a report's differences, whatever their ranks, paths and values."""
+    """The distinct keys of a report's failing differences (from the contract, and from the
+    baseline if any), whatever their ranks, paths and values."""
     case = report.case
-    return frozenset(FailureKey(case.utility, d.field, leaf_kind(case, d)) for d in report.diffs)
+    return frozenset(
+        FailureKey(case.utility, d.field, leaf_kind(case, d)) for d in [*report.changes, *report.diffs]
+    )
 
 
 def write_failure(out: Path, keys: frozenset[FailureKey], case: Case, target: str, details: dict) -> Path:
@@ -157,7 +164,7 @@ class Fuzzer:
             self.progress()
             if not report.passed:
                 failing.append((case, report))
-                raise AssertionError(report.diffs[0].render())
+                raise AssertionError([*report.changes, *report.diffs][0].render())
 
         try:
             prop()
@@ -173,11 +180,12 @@ class Fuzzer:
         self._write(frozenset({FailureKey(case.utility, "job", exc.kind)}), case, {"report": str(exc)})
 
     def save(self, report: CaseReport) -> None:
-        self._write(
-            failure_keys(report),
-            report.case,
-            {"differences": [d.to_json() for d in report.diffs[:20]]},
-        )
+        details: dict[str, Any] = {"differences": [d.to_json() for d in report.diffs[:20]]}
+        if report.baseline:
+            details["baseline"] = report.baseline
+            details["changes"] = [d.to_json() for d in report.changes[:20]]
+            details["shared"] = [d.to_json() for d in report.shared[:20]]
+        self._write(failure_keys(report), report.case, details)
 
     def _write(self, keys: frozenset[FailureKey], case: Case, details: dict) -> None:
         """Save the case if one of its keys is new; a bug seen again is not saved again."""

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.case import Case
-from conformance.check import CaseAborted, CaseReport, case_json, check_case, observe_case
+from conformance.check import (
+    CaseAborted,
+    CaseReport,
+    case_json,
+    check_against_baseline,
+    check_case,
+    observe_case,
+)
 from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
 from conformance.targets import Target, load_target
 from conformance.world import JobRunner, World
@@ -29,6 +36,7 @@ class HarnessConfig:
     strict: bool = False  # known divergences that no longer reproduce fail the run
     shrink_hangs: bool = False  # shrink hangs and dead ranks like other failures (slow: restarts)
     time_limit: float | None = None  # seconds for the whole run; later properties are not run
+    baseline: str | None = None  # every case also runs on this target; the verdict is the changes
 
     @classmethod
     def from_args(cls, args: Any, **more: Any) -> HarnessConfig:
@@ -42,6 +50,7 @@ class HarnessConfig:
             placements=tuple(args.placement),
             only=tuple(args.only),
             max_examples=args.max_examples,
+            baseline=args.baseline,
             **more,
         )
 
@@ -55,12 +64,11 @@ class HarnessConfig:
         import hypothesis
         import torch
 
+        where = _target_line(self.target)
         try:
-            target = load_target(self.target)
-            where = f"{target.module_path} ({target.file})"
-            missing = target.missing()
-        except Exception as exc:
-            where, missing = f"UNUSABLE: {exc}", []
+            missing = load_target(self.target).missing()
+        except Exception:
+            missing = []
         lines = [
             f"state-dict-conformance: target {self.target} = {where}",
             f"  torch {torch.__version__}, hypothesis {hypothesis.__version__}, python {platform.python_version()}",
@@ -69,6 +77,8 @@ class HarnessConfig:
             + (f", max examples {self.max_examples}" if self.max_examples else ""),
             f"  known divergences: {_divergences_line(self.expected_name)}",
         ]
+        if self.baseline:
+            lines.append(f"  baseline: {self.baseline} = {_target_line(self.baseline)}")
         if self.placements:
             lines.append(f"  user placements: {', '.join(self.placements)}")
         if self.only:
@@ -78,6 +88,14 @@ class HarnessConfig:
                 f"  target lacks: {', '.join(missing)} (failures unless the expected file declares them absent)"
             )
         return lines
+
+
+def _target_line(name: str) -> str:
+    try:
+        target = load_target(name)
+    except Exception as exc:
+        return f"UNUSABLE: {exc}"
+    return f"{target.module_path} ({target.file})"
 
 
 def _divergences_line(name: str) -> str:
@@ -133,6 +151,13 @@ def active_config() -> HarnessConfig:
     return _active or HarnessConfig()
 
 
+def _lacks(target: Target, utility: str) -> list[str]:
+    from conformance.laws import LAW_PREFIX, LAWS
+
+    needed = LAWS.get(utility.removeprefix(LAW_PREFIX), (utility,))
+    return sorted({u for u in needed if target.function(u) is None})
+
+
 class Harness:
     """Runs cases of one target on cached worlds and judges them against the oracle."""
 
@@ -144,6 +169,8 @@ class Harness:
         self._worlds: dict[int, World] = {}
         self.cases_by_utility: dict[str, int] = {}
         self.faults: dict[str, str] = {}  # utility -> its first hang or dead rank in this run
+        self.baseline: Target | None = load_target(config.baseline) if config.baseline else None
+        self.shared_by_utility: dict[str, int] = {}  # cases with differences the baseline shares
 
     def world(self, size: int) -> JobRunner:
         # torchrun hook (issue 5): under SDC_LAUNCHER=torchrun the one world is torchrun's.
@@ -164,6 +191,8 @@ class Harness:
         DTensor machinery (so that a first case on a loaded machine is not slow enough to look
         hung), then registering user placements."""
         jobs: list[tuple[Any, tuple[Any, ...]]] = [(warm_up, (self.config.target,))]
+        if self.config.baseline:
+            jobs.append((warm_up, (self.config.baseline,)))
         if self.config.placements:
             jobs.append((register_placements, (self.config.placements,)))
         return tuple(jobs)
@@ -176,14 +205,20 @@ class Harness:
 
     def missing(self, utility: str) -> list[str]:
         """The utilities ``utility`` (or the law) needs that the target lacks."""
-        from conformance.laws import LAW_PREFIX, LAWS
+        return _lacks(self.target, utility)
 
-        needed = LAWS.get(utility.removeprefix(LAW_PREFIX), (utility,))
-        return sorted({u for u in needed if self.target.function(u) is None})
+    def baseline_lacks(self, utility: str) -> list[str]:
+        """The utilities ``utility`` (or the law) needs that the baseline lacks (its cases
+        are then judged against the contract alone)."""
+        return _lacks(self.baseline, utility) if self.baseline else []
 
-    def check(self, case: Case, excuse: bool = True, count: bool = True) -> CaseReport:
+    def check(
+        self, case: Case, excuse: bool = True, count: bool = True, against_baseline: bool = True
+    ) -> CaseReport:
         """Judge one case; with ``excuse`` the known divergences excuse what they match (and,
-        with ``count``, the differences they excuse count as this run's hits)."""
+        with ``count``, the differences they excuse count as this run's hits); with
+        ``against_baseline`` and a configured baseline that has every utility the case needs,
+        also run it there (:func:`check_against_baseline`)."""
         if case.utility in self.faults:
             # One hang or dead rank per utility is enough: later properties fail at once.
             raise CaseAborted(
@@ -193,15 +228,17 @@ class Harness:
             )
         self.cases_by_utility[case.utility] = self.cases_by_utility.get(case.utility, 0) + 1
         divergences = self.divergences if excuse else None
+        world, target = self.world(case.world_size), self.config.target
+        abort = not self.config.shrink_hangs
         try:
-            return check_case(
-                self.world(case.world_size),
-                case,
-                self.config.target,
-                divergences,
-                count,
-                abort_on_fault=not self.config.shrink_hangs,
-            )
+            if self.config.baseline and against_baseline and not self.baseline_lacks(case.utility):
+                report = check_against_baseline(
+                    world, case, target, self.config.baseline, divergences, count, abort
+                )
+                if report.shared:
+                    self.shared_by_utility[case.utility] = self.shared_by_utility.get(case.utility, 0) + 1
+                return report
+            return check_case(world, case, target, divergences, count, abort_on_fault=abort)
         except CaseAborted as exc:
             if exc.kind in ("hang", "crash"):
                 first = str(exc).splitlines()[0]

@@ -8,7 +8,8 @@ any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2,4``), ``--backend`` / ``SDC_B
 ``SDC_PROFILE`` (``dev``), ``--max-examples`` / ``SDC_MAX_EXAMPLES``, ``--placement`` /
 ``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities),
 ``--sdc-strict`` / ``SDC_STRICT`` (stale known divergences fail the run), ``--shrink-hangs``
-/ ``SDC_SHRINK_HANGS``, ``--time-limit`` / ``SDC_TIME_LIMIT`` (seconds for the whole run).
+/ ``SDC_SHRINK_HANGS``, ``--time-limit`` / ``SDC_TIME_LIMIT`` (seconds for the whole run),
+``--sdc-baseline`` / ``SDC_BASELINE`` (every case also runs on this target; see ``check_against_baseline``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ _OPTIONS = [
         "time_limit",
         "SDC_TIME_LIMIT",
         "seconds for the whole run; later properties are not run",
+    ),
+    (
+        "--sdc-baseline",
+        "sdc_baseline",
+        "SDC_BASELINE",
+        "also run every case on this target and report changes",
     ),
 ]
 
@@ -140,6 +147,7 @@ def read_config(config: pytest.Config) -> HarnessConfig:
         strict=_flag(_setting(config, "sdc_strict", "0")),
         shrink_hangs=_flag(_setting(config, "shrink_hangs", "0")),
         time_limit=time_limit,
+        baseline=_setting(config, "sdc_baseline", "") or None,
     )
 
 
@@ -158,7 +166,7 @@ def pytest_configure(config: pytest.Config) -> None:
     overrides = {"max_examples": sdc.max_examples} if sdc.max_examples else {}
     settings.register_profile(f"sdc-{sdc.profile}", settings.get_profile(sdc.profile), **overrides)
     settings.load_profile(f"sdc-{sdc.profile}")
-    config.stash[_STATS] = {"cases": 0, "seconds": 0.0, "excused": {}, "by_utility": {}}
+    config.stash[_STATS] = {"cases": 0, "seconds": 0.0, "excused": {}, "by_utility": {}, "shared": {}}
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -182,6 +190,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             "seconds": seconds,
             "excused": h.divergences.hits,
             "by_utility": h.cases_by_utility,
+            "shared": h.shared_by_utility,
         },
     )
     h.close()
@@ -190,7 +199,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
 def _merge(stats: dict, more: dict) -> None:
     stats["cases"] += more["cases"]
     stats["seconds"] = max(stats["seconds"], more["seconds"])  # workers run side by side
-    for name in ("excused", "by_utility"):
+    for name in ("excused", "by_utility", "shared"):
         for key, count in more[name].items():
             stats[name][key] = stats[name].get(key, 0) + count
 
@@ -239,10 +248,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         f"known divergence {key}: excused {n} difference(s)" for key, n in sorted(stats["excused"].items())
     ]
     lines += [f"known divergence {e.id}: matched nothing in this run" for e in unmatched_entries(config)]
+    lines += shared_lines(config.stash[_CONFIG].baseline, stats)
     if lines:
         terminalreporter.write_sep("-", "state-dict-conformance")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+def shared_lines(baseline: str | None, stats: dict) -> list[str]:
+    """Per utility, the cases whose contract differences the baseline shares (not failures)."""
+    return [
+        f"shared with the baseline {baseline}: {utility}: {count} case(s) differ from the contract as {baseline} does"
+        for utility, count in sorted(stats.get("shared", {}).items())
+    ]
 
 
 def unmatched_entries(config: pytest.Config) -> list:

@@ -142,6 +142,7 @@ def _message(report: pytest.TestReport) -> str:
         text = str(report.longrepr)
         start = max(
             text.find("diverges from the contract"),
+            text.find("differs from the baseline"),
             text.find("did not finish (target"),
             text.find(" not run: "),
         )
