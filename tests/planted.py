@@ -40,6 +40,7 @@ class PlantedBug:
     replay_checked: bool = True  # the entry's replay must still show its own symptom, excused
     world_sizes: tuple[int, ...] = (2,)  # the world sizes its cases are drawn for
     examples: int = 80  # cases drawn, at most (80: tests.planted.EXAMPLES); the bug must show among them
+    keep: Callable[[Case], bool] | None = None  # of the drawn cases, run only these (None: all)
 
 
 def planted_source(bug: PlantedBug) -> str:
@@ -121,7 +122,7 @@ def drawn_cases(bug: PlantedBug) -> list[Case]:
         else:
             _draw_on(bug, found)
         _CASES[key] = [*_mesh_examples(bug), *found]
-    return _CASES[key]
+    return [case for case in _CASES[key] if bug.keep is None or bug.keep(case)]
 
 
 def _mesh_examples(bug: PlantedBug) -> list[Case]:
