@@ -15,7 +15,18 @@ from tests.planted import PlantedBug, write_fork
 from tests.test_cli import cli
 
 #: Small derandomized runs: the same cases every time.
-RUN = ("--only", "gather_state_dict,distribute_state_dict", "--profile", "ci", "--max-examples", "10")
+# world size 2: which ranks a raise leaves blocked (torch does so in some 4-rank gathers) can
+# differ between the target's run and the baseline's, and --baseline compares them exactly
+RUN = (
+    "--only",
+    "gather_state_dict,distribute_state_dict",
+    "--profile",
+    "ci",
+    "--max-examples",
+    "10",
+    "--world-sizes",
+    "2",
+)
 
 DISTRIBUTE_LOADS_ZEROS = PlantedBug(
     "baseline-distribute-dtensor-zeros",
@@ -86,8 +97,17 @@ def test_planted_bug_shows_as_a_change_from_the_baseline(tmp_path):
     assert all(changes), failed
     # the zeros are new tensors: besides their data, they no longer alias the full tensor
     assert all(re.search(SYMPTOM, line) for lines in changes for line in lines), changes
-    for r in failed:
-        assert not _section(r["message"], "contract differences that torch does not have"), r["message"]
+    # contract differences torch lacks may only be on leaves the fork changed (where torch
+    # already differs from the contract, the fork differs in another way): nowhere else
+    for r, lines in zip(failed, changes, strict=True):
+        changed = {_where(line) for line in lines}
+        others = _section(r["message"], "contract differences that torch does not have")
+        assert {_where(line) for line in others} <= changed, r["message"]
+
+
+def _where(line: str) -> str:
+    """``rank R, root[path]`` of a difference line."""
+    return line.split(": ", 1)[0]
 
 
 def _section(message: str, title: str) -> list[str]:
