@@ -313,23 +313,6 @@ def similarity_mismatch_torch_ignores(case: Case, diff: Difference) -> bool:
     return len(containers) == 1 and _kind(leaves[0]) in ("value", "absent")
 
 
-def pin_memory_with_partial_op(*ops: str) -> Scope:
-    """Case scope factory: pin_memory=True and a Partial DTensor with one of ``ops``."""
-
-    def scope(case: Case, diff: Difference) -> bool:
-        return bool(case.kwarg("pin_memory")) and any(
-            isinstance(leaf, DTensorSpec)
-            and any(p.kind == "partial" and p.param("reduce_op") in ops for p in leaf.placements)
-            for leaf in _all_leaves(case)
-        )
-
-    scope.__doc__ = (
-        f"Case scope: create_cpu_state_dict(pin_memory=True) of a tree holding a Partial DTensor "
-        f"whose reduce op is one of {', '.join(ops)}."
-    )
-    return scope
-
-
 def _source_value(case: Case, diff: Difference) -> Any:
     """What the call's other argument holds at the difference's path on its rank: the state
     dict's local value (for a copy destination or a compared dict), or the full tensor (for
@@ -524,8 +507,4 @@ SCOPES: dict[str, Scope] = {
             local_dtensor_shape_differs,
         )
     },
-    # torch 2.14 no longer redistributes sum / avg / min / max Partials in deepcopy
-    "pin_memory_with_partial_product_or_bitwise": pin_memory_with_partial_op(
-        "product", "band", "bor", "bxor"
-    ),
 }

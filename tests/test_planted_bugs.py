@@ -274,7 +274,6 @@ PLANTED: tuple[PlantedBug, ...] = (
         "create-cpu-dtensor-flattened",
         (
             "create-cpu-partial-deepcopy-is-collective",
-            "create-cpu-partial-deepcopy-is-collective-2.14",
             "create-cpu-pin-memory-error-message",
             "create-cpu-pin-memory-shared-asserts",
         ),
