@@ -170,7 +170,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return config.stash[_CONFIG].header_lines()
+    """The harness's header lines and the seed the draws come from."""
+    return [*config.stash[_CONFIG].header_lines(), f"  seed: {seed_text(config)}"]
+
+
+def seed_text(config: pytest.Config) -> str:
+    """``--hypothesis-seed`` when given; else derandomized (ci profile) or random."""
+    seed = config.getoption("hypothesis_seed", default=None)
+    if seed is not None:
+        return str(seed)
+    if config.stash[_CONFIG].profile == "ci":
+        return "derandomized (profile ci: the same cases every run)"
+    return "random (fix it with --hypothesis-seed N)"
 
 
 @pytest.fixture(scope="session")

@@ -272,3 +272,20 @@ def test_failure_text_and_replay_lines_show_every_raising_ranks_traceback():
             assert f"raised ValueError: boom {rank}" in text
             assert f"  ValueError: boom {rank}" in text
         assert text.count(where[0].strip()) == 2, text
+
+
+@pytest.mark.parametrize(
+    ("seed", "profile", "shown"),
+    [(1234, "dev", "1234"), (None, "ci", "derandomized"), (None, "dev", "random")],
+)
+def test_report_header_names_the_seed(seed, profile, shown) -> None:
+    from types import SimpleNamespace
+
+    from conformance.harness import HarnessConfig
+    from conformance.plugin import _CONFIG, pytest_report_header
+
+    config = SimpleNamespace(
+        stash={_CONFIG: HarnessConfig(target="impl", profile=profile)},
+        getoption=lambda name, default=None: seed if name == "hypothesis_seed" else default,
+    )
+    assert pytest_report_header(config)[-1].startswith(f"  seed: {shown}")
