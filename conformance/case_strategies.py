@@ -9,7 +9,7 @@ from typing import cast
 from hypothesis import strategies as st
 
 from conformance.case import Case
-from conformance.runner import pg_ranks
+from conformance.vocabulary import pg_ranks
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -447,22 +447,6 @@ def _other_shape(tensor: TensorSpec) -> TensorSpec:
     """``tensor`` with its last side one longer (a 0-d tensor becomes 1-D)."""
     shape = (*tensor.shape[:-1], tensor.shape[-1] + 1) if tensor.shape else (1,)
     return TensorSpec(shape, tensor.dtype)
-
-
-CASES: dict[str, Callable[[Sequence[int]], st.SearchStrategy[Case]]] = {
-    "gather_state_dict": gather_cases,
-    "offload_state_dict_to_cpu": offload_cases,
-    "copy_state_dict": copy_cases,
-    "create_cpu_state_dict": create_cpu_cases,
-    "check_state_dict_similarity": similarity_cases,
-    "distribute_tensors": distribute_tensors_cases,
-    "broadcast_tensors": broadcast_tensors_cases,
-    "broadcast_state_dict": broadcast_cases,
-    "distribute_state_dict": lambda ws: broadcast_cases(ws, utility="distribute_state_dict"),
-    "flatten_state_dict": flatten_cases,
-    "unflatten_state_dict": unflatten_cases,
-    "all_gather_sharded_tensor": all_gather_sharded_cases,
-}
 
 
 def _law(utility_cases: Callable[[Sequence[int]], st.SearchStrategy[Case]], law: str) -> Callable:

@@ -12,9 +12,9 @@ from conformance.compare import Difference, compare_observed, compare_outcomes
 from conformance.divergences import Divergences, left_blocked
 from conformance.laws import LAW_PREFIX, ORACLE_OF_LAW, ORACLE_REFERENCE, open_facts, run_law
 from conformance.observation import ANY, Outcome, RaisedObs, ValueObs
-from conformance.oracle import expected_outcomes
-from conformance.runner import first_root, run_case
+from conformance.runner import run_case
 from conformance.scopes import leaf_info
+from conformance.utilities import expected_outcomes, result_root
 from conformance.world import JobFailed, JobRunner
 
 MAX_DIFFS_PER_RANK = 5
@@ -255,7 +255,7 @@ def check_against_baseline(
     report.shared = [d for d in report.diffs if d in theirs.diffs]
     report.diffs = [d for d in report.diffs if d not in theirs.diffs]
     if report.observed is not None and theirs.observed is not None:
-        root = first_root(case)
+        root = result_root(case)
         changes = [
             d
             for r in range(case.world_size)
@@ -301,7 +301,7 @@ def oracle_differences(
 ) -> list[Difference]:
     """Every rank's differences from what the oracle expects for ``expected_case`` (``case``)."""
     expected = expected_outcomes(expected_case or case)
-    root = first_root(case)
+    root = result_root(case)
     return [d for r in range(case.world_size) for d in compare_outcomes(expected[r], observed[r], r, root)]
 
 

@@ -80,12 +80,12 @@ def install_interrupt_handler() -> None:
 
 
 def _utilities(text: str | None) -> tuple[str, ...]:
-    from conformance.targets import UTILITIES
+    from conformance.utilities import UTILITY_NAMES
 
     names = tuple(n.strip().removeprefix("_") for n in (text or "").split(",") if n.strip())
     for name in names:
-        if name not in UTILITIES:
-            raise argparse.ArgumentTypeError(f"unknown utility {name!r}; known: {', '.join(UTILITIES)}")
+        if name not in UTILITY_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown utility {name!r}; known: {', '.join(UTILITY_NAMES)}")
     return names
 
 
@@ -322,11 +322,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from conformance.divergences import SHIPPED
     from conformance.laws import LAWS
-    from conformance.targets import ALIASES, UTILITIES
+    from conformance.targets import ALIASES
+    from conformance.utilities import UTILITY_NAMES
     from strategies.placements import registered_placements
 
     print("utilities:")
-    for name in UTILITIES:
+    for name in UTILITY_NAMES:
         print(f"  {name}")
     print("properties:")
     for module in sorted(SUITE.glob("test_*.py")):

@@ -50,7 +50,7 @@ from packaging.version import Version
 from conformance.case import Case
 from conformance.compare import FIELDS, Difference, as_text
 from conformance.scopes import SCOPES, leaf_kind
-from conformance.targets import UTILITIES
+from conformance.utilities import UTILITY_NAMES
 
 SHIPPED = Path(__file__).parent / "known_divergences"
 ENTRY_KEYS = (
@@ -201,7 +201,7 @@ def left_blocked(diff: Difference) -> bool:
 def _known_utility(name: str) -> bool:
     from conformance.laws import LAW_PREFIX, LAWS
 
-    return name in UTILITIES or (name.startswith(LAW_PREFIX) and name.removeprefix(LAW_PREFIX) in LAWS)
+    return name in UTILITY_NAMES or (name.startswith(LAW_PREFIX) and name.removeprefix(LAW_PREFIX) in LAWS)
 
 
 def _matches_anything(pattern: re.Pattern[str]) -> bool:
@@ -228,7 +228,7 @@ def divergence_entry(raw: dict[str, Any], where: str) -> Divergence:
     bad = [u for u in utilities if not _known_utility(u)]
     if bad:
         raise DivergenceFileError(
-            f"{where}: unknown utility {bad[0]!r}; known: {', '.join(UTILITIES)}, law:<name>"
+            f"{where}: unknown utility {bad[0]!r}; known: {', '.join(UTILITY_NAMES)}, law:<name>"
         )
     fields = _names(raw["field"], "field", where)
     if not fields or any(f not in FIELDS for f in fields):
@@ -295,10 +295,10 @@ def load_divergences(name: str | None, version: Version | None = None) -> Diverg
     if unknown:
         raise DivergenceFileError(f"{path}: unknown table or key {unknown[0]!r}; known: divergence, absent")
     absent = _names(data.get("absent", []), "absent", str(path))
-    bad = [u for u in absent if u not in UTILITIES]
+    bad = [u for u in absent if u not in UTILITY_NAMES]
     if bad:
         raise DivergenceFileError(
-            f"{path}: absent names unknown utility {bad[0]!r}; known: {', '.join(UTILITIES)}"
+            f"{path}: absent names unknown utility {bad[0]!r}; known: {', '.join(UTILITY_NAMES)}"
         )
     entries = []
     for i, raw in enumerate(data.get("divergence", [])):

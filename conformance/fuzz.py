@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.database import InMemoryExampleDatabase
 
 from conformance.case import Case, case_record, replay_command
-from conformance.case_strategies import CASES, LAW_CASES
+from conformance.case_strategies import LAW_CASES
 from conformance.check import CaseAborted, CaseReport
 from conformance.harness import Harness, HarnessConfig
 from conformance.scopes import leaf_kind
+from conformance.utilities import case_strategy
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -137,9 +138,7 @@ class Fuzzer:
                 self._batch(name)
 
     def _batch(self, name: str) -> None:
-        strategy = (LAW_CASES[name] if name.startswith("law:") else CASES[name])(
-            self.harness.config.world_sizes
-        )
+        strategy = case_strategy(name, self.harness.config.world_sizes)
         failing: list[tuple[Case, CaseReport]] = []
 
         @settings(
@@ -216,14 +215,14 @@ class Fuzzer:
 
 
 def cmd_fuzz(args: Any) -> int:
-    from conformance.targets import UTILITIES
+    from conformance.utilities import UTILITY_NAMES
 
     budget = parse_duration(args.time)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = HarnessConfig.from_args(args)
     harness = Harness(config)
-    only = list(args.only) or list(UTILITIES)
+    only = list(args.only) or list(UTILITY_NAMES)
     names = only + [law for law in LAW_CASES if not args.only]
     fuzzer = Fuzzer(harness, out, budget, names, args.target, args.max_examples)
     limit = f" or {args.max_examples} examples per utility and law" if args.max_examples else ""

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from conformance.calls import CallContext
 from conformance.case import Case
 from conformance.observation import ANY, Container, Observer, Outcome, RaisedObs, TensorObs
-from conformance.runner import FULL_ROOT, ROOT, CallContext
 from conformance.targets import load_target
+from conformance.vocabulary import FULL_ROOT, ROOT
 
 LAW_PREFIX = "law:"
 # Laws whose reference side is the oracle's expectation for this utility.

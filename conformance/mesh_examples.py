@@ -11,6 +11,7 @@ uneven sides so that pieces differ in length between ranks.
 from __future__ import annotations
 
 from conformance.case import Case
+from conformance.utilities import UTILITY
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -72,41 +73,30 @@ def _local() -> DictSpec:
 def examples(utility: str) -> list[Case]:
     """The 2x2 cases of ``utility`` (or ``law:<name>``); keyword arguments left to the
     property, which forces its own."""
+    if utility in LAW_EXAMPLES:
+        return [
+            Case(utility, c.world_size, c.seed, c.state_dict, c.other)
+            for c in examples(LAW_EXAMPLES[utility])
+        ]
     tree, full, local = _tree(), _full(), _local()
     names = tuple(name for name, _, _ in LAYOUTS)
-    by_utility: dict[str, list[Case]] = {
-        "gather_state_dict": [Case("gather_state_dict", WORLD_SIZE, SEED, tree)],
-        "offload_state_dict_to_cpu": [Case("offload_state_dict_to_cpu", WORLD_SIZE, SEED, tree)],
-        "copy_state_dict": [Case("copy_state_dict", WORLD_SIZE, SEED, tree, other=tree)],
-        "create_cpu_state_dict": [Case("create_cpu_state_dict", WORLD_SIZE, SEED, tree)],
-        "check_state_dict_similarity": [
-            Case("check_state_dict_similarity", WORLD_SIZE, SEED, tree, other=tree)
-        ],
-        "flatten_state_dict": [Case("flatten_state_dict", WORLD_SIZE, SEED, tree)],
-        "unflatten_state_dict": [Case("unflatten_state_dict", WORLD_SIZE, SEED, tree)],
-        "broadcast_state_dict": [Case("broadcast_state_dict", WORLD_SIZE, SEED, full, other=local)],
-        "distribute_state_dict": [Case("distribute_state_dict", WORLD_SIZE, SEED, full, other=local)],
-        "broadcast_tensors": [
-            Case("broadcast_tensors", WORLD_SIZE, SEED, full, other=local, kwargs=(("keys", names),))
-        ],
-        "distribute_tensors": [
-            Case("distribute_tensors", WORLD_SIZE, SEED, local, kwargs=(("keys", names),))
-        ],
-        "all_gather_sharded_tensor": [
-            Case(
-                "all_gather_sharded_tensor",
-                WORLD_SIZE,
-                SEED,
-                ShardedTensorSpec(TensorSpec((7, 3), "float32"), 0, (2, 0, 3, 1)),
-            )
-        ],
+    sharded = ShardedTensorSpec(TensorSpec((7, 3), "float32"), 0, (2, 0, 3, 1))
+    by_form = {  # the utility table's ``example``: the arguments the utility takes
+        "tree": (tree, None, ()),
+        "two_trees": (tree, tree, ()),
+        "full_local": (full, local, ()),
+        "full_local_keys": (full, local, (("keys", names),)),
+        "local_keys": (local, None, (("keys", names),)),
+        "sharded": (sharded, None, ()),
     }
-    laws = {
-        "law:offload_after_gather": "offload_state_dict_to_cpu",
-        "law:copy_into_cpu_copy": "create_cpu_state_dict",
-        "law:flatten_roundtrip": "unflatten_state_dict",
-        "law:broadcast_is_distribute": "broadcast_state_dict",
-    }
-    if utility in laws:
-        return [Case(utility, c.world_size, c.seed, c.state_dict, c.other) for c in by_utility[laws[utility]]]
-    return by_utility[utility]
+    spec, other, kwargs = by_form[UTILITY[utility].example]
+    return [Case(utility, WORLD_SIZE, SEED, spec, other=other, kwargs=kwargs)]
+
+
+#: The utility whose example each law runs on.
+LAW_EXAMPLES = {
+    "law:offload_after_gather": "offload_state_dict_to_cpu",
+    "law:copy_into_cpu_copy": "create_cpu_state_dict",
+    "law:flatten_roundtrip": "unflatten_state_dict",
+    "law:broadcast_is_distribute": "broadcast_state_dict",
+}

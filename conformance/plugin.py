@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from conformance.harness import Harness, HarnessConfig, set_active_config
-from conformance.targets import UTILITIES
+from conformance.utilities import UTILITY_NAMES
 from conformance.world import max_world_size
 
 PROFILES = ("dev", "ci", "fuzz")
@@ -130,9 +130,9 @@ def read_config(config: pytest.Config) -> HarnessConfig:
             f"the Hypothesis profile must be one of {', '.join(PROFILES)}, got {profile!r}"
         )
     only = _names(_setting(config, "only", ""))
-    unknown = [u for u in only if u not in UTILITIES]
+    unknown = [u for u in only if u not in UTILITY_NAMES]
     if unknown:
-        raise pytest.UsageError(f"--only: unknown utility {unknown[0]!r}; known: {', '.join(UTILITIES)}")
+        raise pytest.UsageError(f"--only: unknown utility {unknown[0]!r}; known: {', '.join(UTILITY_NAMES)}")
     expected = config.getoption("expected") or os.environ.get("SDC_EXPECTED")
     return HarnessConfig(
         target=_setting(config, "target", "impl"),

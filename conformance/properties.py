@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from conformance import mesh_examples
 from conformance.case import Case
-from conformance.case_strategies import CASES, LAW_CASES
 from conformance.check import CaseFailure
 from conformance.harness import Harness, active_config, out_of_time
+from conformance.utilities import case_strategy
 from strategies.spec import DictSpec, UnsupportedSpec
 
 
@@ -24,7 +24,7 @@ def cases_for(utility: str, **fixed: Any) -> st.SearchStrategy[Case]:
 
     def build() -> st.SearchStrategy[Case]:
         sizes = active_config().world_sizes
-        strategy = LAW_CASES[utility](sizes) if utility.startswith("law:") else CASES[utility](sizes)
+        strategy = case_strategy(utility, sizes)
         return strategy.map(lambda case: case.with_kwargs(**fixed)) if fixed else strategy
 
     return st.deferred(build)

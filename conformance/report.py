@@ -11,7 +11,7 @@ import pytest
 
 from conformance.plugin import SUMMARY_ELSEWHERE, run_stats, unmatched_entries
 from conformance.properties import MISSING
-from conformance.targets import UTILITIES
+from conformance.utilities import UTILITY_NAMES
 
 OUTCOMES = ("passed", "failed", "missing", "xfailed", "xpassed", "skipped", "error")
 
@@ -52,7 +52,9 @@ class RunReport:
         still reproducing / no longer reproducing, skipped, and cases executed."""
         cases = self.summary.get("cases_by_utility", {})
         rows = [("utility", "passed", "failed", "missing", "known div.", "no longer", "skipped", "cases")]
-        names = [u for u in (*UTILITIES, "laws") if any(r.utility == u for r in self.results) or cases.get(u)]
+        names = [
+            u for u in (*UTILITY_NAMES, "laws") if any(r.utility == u for r in self.results) or cases.get(u)
+        ]
         for name in names:
             mine = [r for r in self.results if r.utility == name]
             count = {o: sum(r.outcome == o for r in mine) for o in OUTCOMES}
@@ -154,7 +156,7 @@ def _message(report: pytest.TestReport) -> str:
 
 def _utility_of(module: str, name: str) -> str:
     stem = module.rsplit("/", 1)[-1].removesuffix(".py").removeprefix("test_")
-    if stem in UTILITIES:
+    if stem in UTILITY_NAMES:
         return stem
     if stem == "known_divergences":
         match = re.search(r"\[(.+)\]", name)

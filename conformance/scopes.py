@@ -16,6 +16,21 @@ from typing import Any
 
 from conformance.case import Case
 from conformance.compare import Difference, LeafInfo
+from conformance.oracle.inputs import RankInputs
+from conformance.oracle.load import load_check_failures, loaded_piece
+from conformance.utilities import UTILITY
+from conformance.vocabulary import (
+    COMPARED_ROOT,
+    COPY_ROOT,
+    FULL_ROOT,
+    LOCAL_ROOT,
+    ROOT,
+    category,
+    distributed_fulls,
+    first_unsupported,
+    pair_mismatch,
+    pg_ranks,
+)
 from strategies.placements import has_uneven_strided_shard
 from strategies.spec import (
     DictSpec,
@@ -31,16 +46,18 @@ from strategies.tensors import FLOAT8_DTYPES
 
 Scope = Callable[[Case, Difference], bool]
 
-# Argument roots whose tree is the case's second spec tree (``case.other``).
-# roots in a case's second tree (the law of broadcast and distribute observes local state dicts)
-_OTHER_ROOTS = ("local_state_dict", "copy_state_dict", "compared_state_dict", "law:broadcast_is_distribute")
+# Roots of the local state dicts a full state dict is loaded into (the law of broadcast and
+# distribute observes them under its own name). In a law's case they name its second tree; in a
+# utility's case, its roots after the first do.
+_LOADED_ROOTS = (LOCAL_ROOT, "law:broadcast_is_distribute")
 _CALL_FIELDS = ("raised", "message", "job")
 
 
 def _trees(case: Case, root: str) -> list[Spec]:
     """The case's spec trees, the one ``root`` names first."""
     first, second = case.state_dict, case.other
-    if root in _OTHER_ROOTS and case.utility != "distribute_tensors":
+    utility = UTILITY.get(case.utility)
+    if root in (utility.roots[1:] if utility else _LOADED_ROOTS):
         first, second = second, first
     return [t for t in (first, second) if t is not None]
 
@@ -121,8 +138,6 @@ def sharded_tensor_not_dim0_in_rank_order(case: Case, diff: Difference) -> bool:
     one per rank on ranks 0, 1, ... in order (the members of a subgroup ``pg``, for
     ``all_gather_sharded_tensor``; several or none on a rank included), or empty (torch
     assumes one dim-0 chunk per group rank, in rank order)."""
-
-    from conformance.runner import pg_ranks
 
     members = (
         list(pg_ranks(case.kwarg("pg"), case.world_size))
@@ -243,8 +258,6 @@ def copy_must_raise(case: Case, diff: Difference) -> bool:
     """Case scope: copy_state_dict must raise before writing anything: the source holds an
     unsupported leaf and ``type_check`` is on (rule 4), or the two trees do not pair under the
     pair rule (step 2, local shapes included) on some rank."""
-    from conformance.oracle.expect import first_unsupported, pair_mismatch
-
     if case.other is None:
         return False
     if case.kwarg("type_check", True) and first_unsupported(case.state_dict) is not None:
@@ -293,8 +306,6 @@ def similarity_mismatch_torch_ignores(case: Case, diff: Difference) -> bool:
     pair (CONTRACT pair rule) is one torch does not look at: a non-tensor leaf of the first
     state dict against anything, two DTensors or two ShardedTensors of different global shape
     or dtype, a list against a tuple, or a container against a non-tensor leaf."""
-    from conformance.oracle.expect import category, pair_mismatch
-
     if case.other is None:
         return False
     path = pair_mismatch(case.state_dict, case.other, diff.rank, case.world_size, local=False)
@@ -317,22 +328,18 @@ def _source_value(case: Case, diff: Difference) -> Any:
     """What the call's other argument holds at the difference's path on its rank: the state
     dict's local value (for a copy destination or a compared dict), or the full tensor (for
     a loaded local state dict); None when there is no tensor there."""
-    from conformance.oracle.expect import loaded_piece
-    from conformance.oracle.inputs import RankInputs
-    from conformance.runner import FULL_ROOT, ROOT, distributed_fulls
-
-    if diff.root in ("copy_state_dict", "compared_state_dict"):
+    if diff.root in (COPY_ROOT, COMPARED_ROOT):
         inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, ROOT)
-    elif diff.root == "local_state_dict" and case.utility == "distribute_tensors":
+    elif diff.root == LOCAL_ROOT and case.utility == "distribute_tensors":
         inputs = RankInputs(distributed_fulls(case), case.seed + 1, diff.rank, case.world_size, FULL_ROOT)
-    elif diff.root in ("local_state_dict", "law:broadcast_is_distribute"):  # the law's sides load it
+    elif diff.root in _LOADED_ROOTS:  # the law's sides load it
         inputs = RankInputs(case.state_dict, case.seed, diff.rank, case.world_size, FULL_ROOT)
     else:
         return None
     leaf = spec_at(inputs.spec, diff.path)
     if not isinstance(leaf, (TensorSpec, DTensorSpec, ShardedTensorSpec)):
         return None
-    if diff.root in ("copy_state_dict", "compared_state_dict"):
+    if diff.root in (COPY_ROOT, COMPARED_ROOT):
         return inputs.local(leaf, diff.path)
     full = inputs.global_value(leaf, diff.path)
     local = leaf_specs(case, diff)[0]
@@ -422,17 +429,13 @@ def distribute_full_shape_differs(case: Case, diff: Difference) -> bool:
     return bool(differing) and (not diff.path or diff.path[0] in differing)
 
 
-_LOADS = ("broadcast_state_dict", "distribute_state_dict", "broadcast_tensors")
-
-
 def _failed_load_checks(case: Case) -> list[str]:
     """The messages of the contract's input checks a load case fails (a law over loads is
     judged as its broadcast side)."""
-    from conformance.oracle.expect import load_check_failures
-
     utility = "broadcast_state_dict" if case.utility == "law:broadcast_is_distribute" else case.utility
     if (
-        utility not in _LOADS
+        utility not in UTILITY
+        or not UTILITY[utility].loads
         or not isinstance(case.state_dict, DictSpec)
         or not isinstance(case.other, DictSpec)
     ):

@@ -12,8 +12,8 @@ judged by the oracle (:mod:`conformance.reproduce`) and printed as ``replay`` pr
 from __future__ import annotations
 
 from conformance.case import Case
-from conformance.runner import CALLS
 from conformance.targets import load_target
+from conformance.utilities import UTILITY
 
 
 class ScriptUnsupported(ValueError):
@@ -66,7 +66,7 @@ if __name__ == "__main__":
 
 def script_supports(utility: str) -> bool:
     """Whether ``replay --script`` can write a script for a case of ``utility`` (not a law's)."""
-    return utility in CALLS
+    return utility in UTILITY
 
 
 def standalone_script(case: Case, target: str = "torch") -> str:
@@ -77,7 +77,7 @@ def standalone_script(case: Case, target: str = "torch") -> str:
     attribute = loaded.attribute(case.utility)
     if attribute is None:
         raise ScriptUnsupported(f"target {target!r} ({loaded.file}) has no {case.utility}")
-    params = CALLS[case.utility].params
+    params = UTILITY[case.utility].params
     return _SCRIPT.format(
         describe=case.describe(),
         module=loaded.module_path,

@@ -15,20 +15,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
-UTILITIES: tuple[str, ...] = (
-    "gather_state_dict",
-    "offload_state_dict_to_cpu",
-    "copy_state_dict",
-    "create_cpu_state_dict",
-    "check_state_dict_similarity",
-    "distribute_tensors",
-    "broadcast_tensors",
-    "broadcast_state_dict",
-    "distribute_state_dict",
-    "flatten_state_dict",
-    "unflatten_state_dict",
-    "all_gather_sharded_tensor",
-)
+from conformance.utilities import UTILITY_NAMES
 
 ALIASES = {"impl": "impl", "torch": "torch.distributed._state_dict_utils"}
 
@@ -63,7 +50,7 @@ class Target:
         return None if name is None else getattr(self.module, name)
 
     def missing(self) -> list[str]:
-        return [u for u in UTILITIES if self.function(u) is None]
+        return [u for u in UTILITY_NAMES if self.function(u) is None]
 
 
 @cache
@@ -75,7 +62,7 @@ def load_target(name: str) -> Target:
     except Exception as exc:  # a fork may raise anything while it is imported
         raise TargetError(_import_failure(name, path, exc)) from None
     target = Target(name, module)
-    if len(target.missing()) == len(UTILITIES):
+    if len(target.missing()) == len(UTILITY_NAMES):
         raise TargetError(
             f"target {name!r} ({target.file}) provides none of the state-dict utilities "
             f"(expected e.g. _gather_state_dict or gather_state_dict)"

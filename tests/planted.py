@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from conformance import mesh_examples
 from conformance.case import Case
-from conformance.case_strategies import CASES
 from conformance.check import check_case
 from conformance.divergences import Divergences
 from conformance.properties import with_unsupported_leaf
+from conformance.utilities import UTILITY
 from conformance.world import World
 
 
@@ -112,7 +112,7 @@ def drawn_cases(bug: PlantedBug) -> list[Case]:
             phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=CASES[bug.utility]((2,)))
+        @given(case=UTILITY[bug.utility].cases((2,)))
         def collect(case: Case) -> None:
             case = case.with_kwargs(**dict(bug.kwargs))
             found.append(with_unsupported_leaf(case) if bug.unsupported else case)
@@ -142,7 +142,7 @@ def _draw_on(bug: PlantedBug, found: list[Case]) -> None:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=CASES[bug.utility](bug.world_sizes))
+    @given(case=UTILITY[bug.utility].cases(bug.world_sizes))
     def collect(case: Case) -> None:
         case = case.with_kwargs(**dict(bug.kwargs))
         found.append(with_unsupported_leaf(case) if bug.unsupported else case)

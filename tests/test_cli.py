@@ -134,9 +134,9 @@ def test_target_that_raises_on_import_is_a_usage_error(tmp_path, fork, command):
 def test_replay_script_of_an_unscripted_utility_is_a_usage_error():
     from conformance.case_strategies import LAW_CASES
     from conformance.script import script_supports
-    from conformance.targets import UTILITIES
+    from conformance.utilities import UTILITY_NAMES
 
-    assert all(script_supports(u) for u in UTILITIES)
+    assert all(script_supports(u) for u in UTILITY_NAMES)
     law = next(iter(LAW_CASES))  # a law's case: two calls, no single call to write
     case = Case(law, 2, 3, _gather_case().state_dict)
     assert_usage_error(cli("replay", "--script", case.to_blob(), timeout=60), law, "--script")

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.case import Case, CaseError, load_case
-from conformance.case_strategies import CASES
 from conformance.compare import Difference, compare_outcomes, tensor_mismatch
 from conformance.divergences import (
     Divergence,
@@ -20,9 +19,10 @@ from conformance.divergences import (
     load_divergences,
 )
 from conformance.observation import ANY, Container, Outcome, RaisedObs, TensorObs, Tolerance, ValueObs
+from conformance.utilities import TABLE
 from strategies.spec import DictSpec, TensorSpec
 
-ALL_CASES = st.one_of([strategy((2, 4)) for strategy in CASES.values()])
+ALL_CASES = st.one_of([utility.cases((2, 4)) for utility in TABLE])
 
 
 @settings(max_examples=60, deadline=None)

@@ -18,7 +18,7 @@ import pytest
 from conformance import mesh_examples
 from conformance.case import Case
 from conformance.observation import Container, RaisedObs, TensorObs
-from conformance.oracle.expect import expected_outcomes
+from conformance.utilities import expected_outcomes
 
 RANK_DEVICE = {"gloo": "cpu", "nccl": "cuda"}
 

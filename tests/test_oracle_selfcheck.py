@@ -6,13 +6,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conformance.calls import CallContext
 from conformance.case import Case
 from conformance.case_strategies import altered, nested_state_dicts, without_views
 from conformance.compare import compare_outcomes
 from conformance.observation import Observer, Outcome
-from conformance.oracle.expect import pair_mismatch
 from conformance.oracle.inputs import RankInputs
-from conformance.runner import CallContext
+from conformance.vocabulary import pair_mismatch
 from conformance.world import context
 from strategies.spec import DTensorSpec, iter_leaves
 from strategies.tensors import GLOO_DTYPES

@@ -289,7 +289,7 @@ _BY_NAME = {bug.name: bug for bug in PLANTED}
 
 def _loads_a_plain_entry_from_rows(case) -> bool:
     """A load case without error paths whose full tensor of 2+ rows goes into a plain local entry."""
-    from conformance.oracle.expect import load_check_failures
+    from conformance.oracle.load import load_check_failures
 
     if load_check_failures(case, case.utility):
         return False

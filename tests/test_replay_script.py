@@ -17,9 +17,8 @@ import pytest
 from hypothesis import find, settings
 
 from conformance.case import Case
-from conformance.case_strategies import CASES
 from conformance.script import standalone_script
-from conformance.targets import UTILITIES
+from conformance.utilities import UTILITY, UTILITY_NAMES
 from strategies.spec import DTensorSpec, ShardedTensorSpec, TensorSpec, iter_leaves
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +29,7 @@ _TENSORS = (TensorSpec, DTensorSpec, ShardedTensorSpec)
 def small_case(utility: str) -> Case:
     """The simplest drawn case of ``utility`` (world size 2) with a tensor in its state dict."""
     return find(
-        CASES[utility]([2]),
+        UTILITY[utility].cases([2]),
         lambda case: any(isinstance(leaf, _TENSORS) for _, leaf in iter_leaves(case.state_dict)),
         settings=settings(database=None, derandomize=True, max_examples=200),
     )
@@ -51,7 +50,7 @@ def verdict(stdout: str) -> list[str]:
     return lines[header + 1 :]
 
 
-@pytest.mark.parametrize("utility", UTILITIES)
+@pytest.mark.parametrize("utility", UTILITY_NAMES)
 def test_script_of_every_utility_conforms_against_impl(utility, tmp_path):
     case = small_case(utility)
     script = tmp_path / "repro.py"

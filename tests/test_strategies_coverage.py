@@ -376,9 +376,9 @@ def _case_features(cases) -> dict[str, tuple[int, int]]:
 def test_suite_cases_reach_each_feature_at_a_stated_rate(capsys) -> None:
     """The cases the suite draws (every utility, world sizes 2 and 4, as the ci profile
     does) reach each feature of MIN_RATES at least at its rate; prints the table."""
-    from conformance.case_strategies import CASES
+    from conformance.utilities import TABLE
 
-    cases = [case for utility in CASES for case in collect(CASES[utility]((2, 4)), 80)]
+    cases = [case for utility in TABLE for case in collect(utility.cases((2, 4)), 80)]
     rates = _case_features(cases)
     with capsys.disabled():
         print(f"\n{'feature':<84} {'rate':>6} {'min':>5}   hits/of")

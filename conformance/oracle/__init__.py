@@ -1,5 +1,3 @@
-"""The single-process oracle: every rank's expected outcome of a case, from the spec alone."""
-
-from conformance.oracle.expect import expected_outcomes
-
-__all__ = ["expected_outcomes"]
+"""The single-process oracle, one module per CONTRACT section (mirroring ``impl/``): what each
+rank must observe for a case, from the spec alone. The utility table names each utility's
+oracle function; ``conformance.utilities.expected_outcomes`` applies it to every rank."""
