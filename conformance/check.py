@@ -207,13 +207,25 @@ def check_case(
     count: bool = True,
     abort_on_fault: bool = False,
     *,
+    baseline: str | None = None,
     abort_blocked: bool = True,
 ) -> CaseReport:
     """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
     two sides with each other); known divergences excuse only the differences they match.
     With ``abort_on_fault`` a hang or a dead rank raises :class:`CaseAborted`, and so does
-    (unless not ``abort_blocked``) an unexcused difference that left ranks blocked."""
-    if case.utility.startswith(LAW_PREFIX):
+    (unless not ``abort_blocked``) an unexcused difference that left ranks blocked.
+
+    With a ``baseline`` target, ``case`` also runs there in the same world: ``changes`` are
+    where the target's outcome differs from the baseline's, exactly and rank by rank; the
+    target's unexcused contract differences that the baseline has too move from ``diffs`` to
+    ``shared``. (A law case has no single outcome to compare: its differences are split so,
+    and a law difference the baseline lacks stays in ``diffs``.) Ranks left blocked abort the
+    case (with ``abort_on_fault``) only where the baseline's were not."""
+    if baseline is not None:
+        report = check_case(world, case, target, divergences, count, abort_on_fault, abort_blocked=False)
+        theirs = check_case(world, case, baseline, None, count, abort_on_fault, abort_blocked=False)
+        report = _against_baseline(report, theirs, baseline)
+    elif case.utility.startswith(LAW_PREFIX):
         diffs = located(case, law_differences(world, case, target, abort_on_fault))
         report = _excuse(CaseReport(case, target, diffs), divergences, count)
     else:
@@ -234,23 +246,10 @@ def _abort_if_blocked(report: CaseReport) -> None:
         )
 
 
-def check_against_baseline(
-    world: JobRunner,
-    case: Case,
-    target: str,
-    baseline: str,
-    divergences: Divergences | None = None,
-    count: bool = True,
-    abort_on_fault: bool = False,
-) -> CaseReport:
-    """:func:`check_case` for ``target``, with ``case`` also run on ``baseline`` in the same
-    world: ``changes`` are where the target's outcome differs from the baseline's, exactly and
-    rank by rank; the target's unexcused contract differences that the baseline has too move
-    from ``diffs`` to ``shared``. (A law case has no single outcome to compare: its differences
-    are split so, and a law difference the baseline lacks stays in ``diffs``.) Ranks left
-    blocked abort the case (with ``abort_on_fault``) only where the baseline's were not."""
-    report = check_case(world, case, target, divergences, count, abort_on_fault, abort_blocked=False)
-    theirs = check_case(world, case, baseline, None, count, abort_on_fault, abort_blocked=False)
+def _against_baseline(report: CaseReport, theirs: CaseReport, baseline: str) -> CaseReport:
+    """``report`` with what the baseline's report ``theirs`` shares moved to ``shared``, and
+    the target's changes from the baseline."""
+    case = report.case
     report.baseline = baseline
     report.shared = [d for d in report.diffs if d in theirs.diffs]
     report.diffs = [d for d in report.diffs if d not in theirs.diffs]
@@ -262,8 +261,6 @@ def check_against_baseline(
             for d in compare_observed(theirs.observed[r], report.observed[r], r, root)
         ]
         report.changes = [replace(d, leaf=leaf_info(case, d)) for d in changes]
-    if abort_on_fault:
-        _abort_if_blocked(report)
     return report
 
 

@@ -13,7 +13,6 @@ from conformance.check import (
     CaseAborted,
     CaseReport,
     case_json,
-    check_against_baseline,
     check_case,
     observe_case,
 )
@@ -218,7 +217,7 @@ class Harness:
         """Judge one case; with ``excuse`` the known divergences excuse what they match (and,
         with ``count``, the differences they excuse count as this run's hits); with
         ``against_baseline`` and a configured baseline that has every utility the case needs,
-        also run it there (:func:`check_against_baseline`)."""
+        also run it there (``check_case``'s ``baseline``)."""
         if case.utility in self.faults:
             # One hang or dead rank per utility is enough: later properties fail at once.
             raise CaseAborted(
@@ -232,8 +231,8 @@ class Harness:
         abort = not self.config.shrink_hangs
         try:
             if self.config.baseline and against_baseline and not self.baseline_lacks(case.utility):
-                report = check_against_baseline(
-                    world, case, target, self.config.baseline, divergences, count, abort
+                report = check_case(
+                    world, case, target, divergences, count, abort, baseline=self.config.baseline
                 )
                 if report.shared:
                     self.shared_by_utility[case.utility] = self.shared_by_utility.get(case.utility, 0) + 1

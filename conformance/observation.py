@@ -200,6 +200,22 @@ class Observer:
         me = format_path(path, OUTPUT)
         return {"shares": tuple(p for p in self._sharing.get(ptr, ()) if p != me)}
 
+    def _tensor_facts(self, value: torch.Tensor, local: torch.Tensor) -> dict[str, Any]:
+        """What a plain tensor or a DTensor (``value``, holding ``local`` on this rank) shows:
+        its global dtype and shape, and its local tensor's device, data, layout and memory."""
+        return {
+            "device_type": local.device.type,
+            "dtype": dtype_name(value.dtype),
+            "shape": tuple(value.shape),
+            "data": None if local.is_meta else local.detach().cpu().clone(),
+            "stride": tuple(local.stride()),
+            "local_shape": tuple(local.shape),
+            "aliases": self._alias_of(local),
+            "pinned": local.is_pinned() if local.device.type == "cpu" else False,
+            "shared": local.is_shared(),
+            "requires_grad": value.requires_grad,
+        }
+
     def _observe(self, value: Any, path: tuple | None) -> Any:
         from torch.distributed._shard.sharded_tensor import ShardedTensor
         from torch.distributed.tensor import DTensor
@@ -230,38 +246,15 @@ class Observer:
                 **identity,
             )
         if isinstance(value, DTensor):
-            local = value.to_local()
             return TensorObs(
                 cls="DTensor",
-                device_type=local.device.type,
-                dtype=dtype_name(value.dtype),
-                shape=tuple(value.shape),
-                data=None if local.is_meta else local.detach().cpu().clone(),
-                stride=tuple(local.stride()),
-                local_shape=tuple(local.shape),
                 placements=tuple(describe_placement(p) for p in value.placements),
                 mesh_shape=tuple(value.device_mesh.shape),
-                aliases=self._alias_of(local),
-                pinned=local.is_pinned() if local.device.type == "cpu" else False,
-                shared=local.is_shared(),
-                requires_grad=value.requires_grad,
+                **self._tensor_facts(value, value.to_local()),
                 **identity,
             )
         if isinstance(value, torch.Tensor):
-            return TensorObs(
-                cls="Tensor",
-                device_type=value.device.type,
-                dtype=dtype_name(value.dtype),
-                shape=tuple(value.shape),
-                data=None if value.is_meta else value.detach().cpu().clone(),
-                stride=tuple(value.stride()),
-                local_shape=tuple(value.shape),
-                aliases=self._alias_of(value),
-                pinned=value.is_pinned() if value.device.type == "cpu" else False,
-                shared=value.is_shared(),
-                requires_grad=value.requires_grad,
-                **identity,
-            )
+            return TensorObs(cls="Tensor", **self._tensor_facts(value, value), **identity)
         if isinstance(value, dict):
             keys = tuple(value.keys())
             children = tuple(self._observe(value[k], child(k)) for k in keys)

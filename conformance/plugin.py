@@ -9,7 +9,7 @@ any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2,4``), ``--backend`` / ``SDC_B
 ``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities),
 ``--sdc-strict`` / ``SDC_STRICT`` (stale known divergences fail the run), ``--shrink-hangs``
 / ``SDC_SHRINK_HANGS``, ``--time-limit`` / ``SDC_TIME_LIMIT`` (seconds for the whole run),
-``--sdc-baseline`` / ``SDC_BASELINE`` (every case also runs on this target; see ``check_against_baseline``).
+``--sdc-baseline`` / ``SDC_BASELINE`` (every case also runs on this target; see ``check_case``).
 """
 
 from __future__ import annotations

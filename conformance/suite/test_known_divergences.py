@@ -27,6 +27,8 @@ def pytest_generate_tests(metafunc):
 
 
 def test_known_divergence_reproduces(harness, divergence, request):
+    """CONTRACT known divergences ("torch differs:" lines): each entry of the target's expected file
+    reproduces its own symptom from its replay and nothing else (xfail); a conforming replay XPASSes."""
     request.applymarker(
         pytest.mark.xfail(
             reason=f"{divergence.id}: {divergence.reason}",
