@@ -13,11 +13,9 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from conformance.usage import UsageError
+
 SUITE = Path(__file__).parent / "suite"
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message is the one line the user sees."""
 
 
 #: After the first Ctrl-C, seconds the command gets to stop cleanly (keeping what it found)
@@ -351,6 +349,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- fuzz, selfcheck
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from conformance.fuzz import cmd_fuzz as fuzz
+
+    return fuzz(args)
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    from conformance.selfcheck import selfcheck
+
+    return selfcheck(list(args.world_sizes), args.backend)
+
+
 # ---------------------------------------------------------------------------------- parser
 
 
@@ -444,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument(
         "--out", default="failures", help="directory for failing case files (default failures/)"
     )
-    fuzz.set_defaults(func=lambda a: __import__("conformance.fuzz", fromlist=["cmd_fuzz"]).cmd_fuzz(a))
+    fuzz.set_defaults(func=cmd_fuzz)
 
     listing = sub.add_parser("list", help="utilities, properties, placement models, targets")
     listing.set_defaults(func=cmd_list)
@@ -452,11 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("selfcheck", help="start worlds and run a DTensor gather on them")
     check.add_argument("--world-sizes", default="2,4", type=_world_sizes)
     check.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
-    check.set_defaults(
-        func=lambda a: __import__("conformance.selfcheck", fromlist=["selfcheck"]).selfcheck(
-            list(a.world_sizes), a.backend
-        )
-    )
+    check.set_defaults(func=cmd_selfcheck)
     return parser
 
 

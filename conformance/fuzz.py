@@ -29,6 +29,7 @@ from conformance.case_strategies import LAW_CASES
 from conformance.check import CaseAborted, CaseReport
 from conformance.harness import Harness, HarnessConfig
 from conformance.scopes import leaf_kind
+from conformance.usage import UsageError
 from conformance.utilities import case_strategy
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -41,8 +42,6 @@ def parse_duration(text: str) -> float:
     """``90s``, ``10m``, ``1h`` or plain seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if not match or float(match.group(1)) <= 0:
-        from conformance.cli import UsageError
-
         raise UsageError(f"--time takes a positive duration such as 90s, 10m or 1h; got {text!r}")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 

@@ -1,176 +1,114 @@
-"""pytest plugin: target and world options, Hypothesis profiles, report header and summary.
+"""pytest plugin: acts in a run that collects the suite (settings, Hypothesis profile, report
+header and summary, the harness fixture), and in no other.
 
-Loaded through the ``pytest11`` entry point. Settings come from options or environment
-variables (option wins): ``--target`` / ``SDC_TARGET`` (default ``impl``), ``--expected`` /
-``SDC_EXPECTED`` (known-divergence file; default: the shipped one named like the target, if
-any), ``--world-sizes`` / ``SDC_WORLD_SIZES`` (``2,4``), ``--backend`` / ``SDC_BACKEND``
-(``gloo``), ``--case-timeout`` / ``SDC_CASE_TIMEOUT`` (30 s), ``--sdc-profile`` /
-``SDC_PROFILE`` (``dev``), ``--max-examples`` / ``SDC_MAX_EXAMPLES``, ``--placement`` /
-``SDC_PLACEMENTS`` (user placement models), ``--only`` / ``SDC_ONLY`` (utilities),
-``--sdc-strict`` / ``SDC_STRICT`` (stale known divergences fail the run), ``--shrink-hangs``
-/ ``SDC_SHRINK_HANGS``, ``--time-limit`` / ``SDC_TIME_LIMIT`` (seconds for the whole run),
-``--sdc-baseline`` / ``SDC_BASELINE`` (every case also runs on this target; see ``check_case``).
+Loaded through the ``pytest11`` entry point, so it is present in every pytest run of an
+environment where the project is installed. It acts only in a run that collects the suite
+(``conformance/suite``: named on the command line, or reached while collecting); any other run
+is left as it was: no settings read, no Hypothesis profile loaded, no header or summary lines,
+no world started. Its options and profiles are in :mod:`conformance.suite_options`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from typing import TypedDict, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import settings
 
-from conformance.harness import Harness, HarnessConfig, set_active_config
-from conformance.utilities import UTILITY_NAMES
-from conformance.world import max_world_size
+from conformance.suite_options import OPTIONS, profile_name, read_config
 
-PROFILES = ("dev", "ci", "fuzz")
-
-
-class _CommonSettings(TypedDict):
-    """The Hypothesis settings every profile shares (keys are ``settings`` keyword names)."""
-
-    deadline: None
-    suppress_health_check: list[HealthCheck]
-    phases: list[Phase]
-
-
-_COMMON: _CommonSettings = {
-    "deadline": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-    # the failure message carries a replay command; Hypothesis' line explanations add noise
-    "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-}
-settings.register_profile("dev", max_examples=20, **_COMMON)
-settings.register_profile("ci", max_examples=40, derandomize=True, print_blob=True, **_COMMON)
-settings.register_profile("fuzz", max_examples=2000, **_COMMON)
-
-_OPTIONS = [
-    # (option, dest, env, help)
-    ("--target", "target", "SDC_TARGET", "module under test: impl, torch or a module path"),
-    ("--expected", "expected", "SDC_EXPECTED", "known-divergence file: a path, a shipped name, or none"),
-    ("--world-sizes", "world_sizes", "SDC_WORLD_SIZES", "comma-separated world sizes, e.g. 2,4"),
-    ("--backend", "backend", "SDC_BACKEND", "process-group backend: gloo or nccl"),
-    ("--case-timeout", "case_timeout", "SDC_CASE_TIMEOUT", "seconds before a case counts as a hang"),
-    ("--sdc-profile", "sdc_profile", "SDC_PROFILE", "Hypothesis profile: dev, ci or fuzz"),
-    ("--max-examples", "max_examples", "SDC_MAX_EXAMPLES", "override the profile's examples per property"),
-    ("--placement", "placement", "SDC_PLACEMENTS", "user placement models module:Model, comma-separated"),
-    ("--only", "only", "SDC_ONLY", "comma-separated utilities to test (and the laws among them)"),
-    (
-        "--sdc-strict",
-        "sdc_strict",
-        "SDC_STRICT",
-        "known divergences that no longer reproduce fail the run (1)",
-    ),
-    ("--shrink-hangs", "shrink_hangs", "SDC_SHRINK_HANGS", "shrink hangs and dead ranks too (1; slow)"),
-    (
-        "--time-limit",
-        "time_limit",
-        "SDC_TIME_LIMIT",
-        "seconds for the whole run; later properties are not run",
-    ),
-    (
-        "--sdc-baseline",
-        "sdc_baseline",
-        "SDC_BASELINE",
-        "also run every case on this target and report changes",
-    ),
-]
+if TYPE_CHECKING:  # the harness imports torch: only a run that collects the suite pays for it
+    from conformance.harness import Harness, HarnessConfig
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("state-dict-conformance")
-    for option, dest, env, text in _OPTIONS:
-        group.addoption(option, dest=dest, default=None, help=f"{text} [{env}]")
-
-
-def _setting(config: pytest.Config, dest: str, default: str) -> str:
-    env = next(e for _, d, e, _ in _OPTIONS if d == dest)
-    value = config.getoption(dest)
-    return str(value) if value is not None else os.environ.get(env, default)
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def read_config(config: pytest.Config) -> HarnessConfig:
-    """The suite's settings; raises pytest.UsageError with one line for bad values."""
-    sizes_text = _setting(config, "world_sizes", "2,4")
-    try:
-        sizes = tuple(int(s) for s in _names(sizes_text))
-    except ValueError:
-        raise pytest.UsageError(
-            f"--world-sizes must be integers separated by commas, got {sizes_text!r}"
-        ) from None
-    if not sizes or any(not 1 <= s <= max_world_size() for s in sizes):
-        raise pytest.UsageError(
-            f"--world-sizes must lie between 1 and {max_world_size()}, got {sizes_text!r}"
-        )
-    backend = _setting(config, "backend", "gloo")
-    if backend not in ("gloo", "nccl"):
-        raise pytest.UsageError(f"--backend must be gloo or nccl, got {backend!r}")
-    try:
-        timeout = float(_setting(config, "case_timeout", "30"))
-        max_examples = int(_setting(config, "max_examples", "0")) or None
-        time_limit = float(_setting(config, "time_limit", "0")) or None
-    except ValueError as exc:
-        raise pytest.UsageError(
-            f"--case-timeout, --max-examples and --time-limit take numbers ({exc})"
-        ) from None
-    if timeout <= 0:
-        raise pytest.UsageError(f"--case-timeout must be positive, got {timeout:g}")
-    if (max_examples or 0) < 0 or (time_limit or 0) < 0:
-        raise pytest.UsageError("--max-examples and --time-limit must not be negative")
-    profile = _setting(config, "sdc_profile", "dev")
-    if profile not in PROFILES:
-        raise pytest.UsageError(
-            f"the Hypothesis profile must be one of {', '.join(PROFILES)}, got {profile!r}"
-        )
-    only = _names(_setting(config, "only", ""))
-    unknown = [u for u in only if u not in UTILITY_NAMES]
-    if unknown:
-        raise pytest.UsageError(f"--only: unknown utility {unknown[0]!r}; known: {', '.join(UTILITY_NAMES)}")
-    expected = config.getoption("expected") or os.environ.get("SDC_EXPECTED")
-    return HarnessConfig(
-        target=_setting(config, "target", "impl"),
-        expected=expected,
-        world_sizes=sizes,
-        backend=backend,
-        case_timeout=timeout,
-        profile=profile,
-        max_examples=max_examples,
-        placements=_names(_setting(config, "placement", "")),
-        only=only,
-        strict=_flag(_setting(config, "sdc_strict", "0")),
-        shrink_hangs=_flag(_setting(config, "shrink_hangs", "0")),
-        time_limit=time_limit,
-        baseline=_setting(config, "sdc_baseline", "") or None,
+    group = parser.getgroup(
+        "state-dict-conformance", "state-dict-conformance (acts when the suite is collected)"
     )
+    for option in OPTIONS:
+        group.addoption(*option.names, dest=option.dest, default=None, help=f"{option.help} [{option.env}]")
 
 
-def _flag(text: str) -> bool:
-    return text.strip().lower() not in ("", "0", "false", "no")
-
-
-_CONFIG = pytest.StashKey[HarnessConfig]()
+_CONFIG: pytest.StashKey[HarnessConfig] = pytest.StashKey()
 _STATS = pytest.StashKey[dict]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def is_active(config: pytest.Config) -> bool:
+    """Whether this run collects the suite (and so the plugin acts in it)."""
+    return _CONFIG in config.stash
+
+
+def _is_suite_folder(path: Path) -> bool:
+    return (
+        path.name == "suite" and path.parent.name == "conformance" and (path.parent / "plugin.py").is_file()
+    )
+
+
+def in_suite(path: Path) -> bool:
+    """Whether ``path`` lies in the suite's folder (``conformance/suite``)."""
+    return any(_is_suite_folder(p) for p in (path, *path.parents))
+
+
+def names_suite(config: pytest.Config) -> bool:
+    """Whether the run's arguments (or testpaths) name the suite, a file in it, or the
+    ``conformance`` or project folder that holds it."""
+    for arg in config.args:
+        target = arg.split("::")[0]
+        if config.option.pyargs and not (config.invocation_params.dir / target).exists():
+            if target == "conformance" or target.startswith("conformance.suite"):
+                return True
+            continue
+        path = (config.invocation_params.dir / target).resolve()
+        if (
+            in_suite(path)
+            or _is_suite_folder(path / "suite")
+            or _is_suite_folder(path / "conformance" / "suite")
+        ):
+            return True
+    return False
+
+
+def activate(config: pytest.Config) -> None:
+    """Read the suite's settings, load its Hypothesis profile (before the suite's modules are
+    imported: ``@given`` takes the default settings when it decorates) and start counting."""
+    from conformance.harness import set_active_config
+
+    if is_active(config):
+        return
     sdc = read_config(config)
     config.stash[_CONFIG] = sdc
     set_active_config(sdc)
-    overrides = {"max_examples": sdc.max_examples} if sdc.max_examples else {}
-    settings.register_profile(f"sdc-{sdc.profile}", settings.get_profile(sdc.profile), **overrides)
-    settings.load_profile(f"sdc-{sdc.profile}")
-    config.stash[_STATS] = {"cases": 0, "seconds": 0.0, "excused": {}, "by_utility": {}, "shared": {}}
+    name = profile_name(sdc.profile)
+    if sdc.max_examples:
+        base, name = name, f"{name}-max-examples-{sdc.max_examples}"
+        settings.register_profile(name, settings.get_profile(base), max_examples=sdc.max_examples)
+    settings.load_profile(name)
+    config.stash[_STATS] = _empty_stats()
+
+
+def _empty_stats() -> dict:
+    return {"cases": 0, "seconds": 0.0, "excused": {}, "by_utility": {}, "shared": {}}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if names_suite(config):
+        activate(config)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
+    """A suite module reached without being named (``pytest`` on a folder above the project):
+    the plugin starts acting before the module is imported (no header then)."""
+    if not is_active(parent.config) and file_path.suffix == ".py" and in_suite(file_path.parent):
+        activate(parent.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The harness's header lines and the seed the draws come from."""
+    if not is_active(config):
+        return []
     return [*config.stash[_CONFIG].header_lines(), f"  seed: {seed_text(config)}"]
 
 
@@ -187,6 +125,9 @@ def seed_text(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The session's conformance harness: target, known divergences and worlds."""
+    from conformance.harness import Harness
+
+    activate(request.config)  # a test outside the suite that asks for the harness uses the suite
     try:
         h = Harness(request.config.stash[_CONFIG])
     except Exception as exc:
@@ -216,11 +157,14 @@ def _merge(stats: dict, more: dict) -> None:
 
 
 def run_stats(config: pytest.Config) -> dict:
-    """Cases executed (in all and by utility), seconds, and divergence hits of this run."""
-    return config.stash[_STATS]
+    """Cases executed (in all and by utility), seconds, and divergence hits of this run
+    (none when the run did not collect the suite)."""
+    return config.stash.get(_STATS, _empty_stats())
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not is_active(session.config):
+        return
     stats = session.config.stash[_STATS]
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: hand the figures to the controller
@@ -243,13 +187,16 @@ def summary_line(stats: dict) -> str:
 SUMMARY_ELSEWHERE = pytest.StashKey[bool]()
 
 
-def pytest_testnodedown(node, error) -> None:  # xdist hook, on the controller
+@pytest.hookimpl(optionalhook=True)  # an xdist hook (on the controller): a run without xdist lacks it
+def pytest_testnodedown(node, error) -> None:
     theirs = getattr(node, "workeroutput", {}).get("sdc_stats")
-    if theirs:
+    if theirs and is_active(node.config):
         _merge(node.config.stash[_STATS], theirs)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if not is_active(config):
+        return
     stats = config.stash[_STATS]
     if not stats["cases"]:
         return
@@ -278,6 +225,8 @@ def unmatched_entries(config: pytest.Config) -> list:
     """Active entries about a utility this run exercised that excused no difference."""
     from conformance.divergences import load_divergences
 
+    if not is_active(config):
+        return []
     stats = config.stash[_STATS]
     ran = set(stats["by_utility"])
     entries = load_divergences(config.stash[_CONFIG].expected_name).entries
@@ -306,20 +255,24 @@ def _as_function(item: pytest.Item) -> pytest.Function:
 
 
 def is_suite_item(item: pytest.Item) -> bool:
-    module = _as_function(item).module
+    module = getattr(item, "module", None)  # items of other kinds (doctests, ...) have none
     return module is not None and module.__name__.startswith("conformance.suite")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Past the run's time limit, suite properties are skipped (reported as not run)."""
+    if not is_suite_item(item):
+        return
     from conformance.harness import out_of_time
     from conformance.properties import TIME_LIMIT_REACHED
 
-    if is_suite_item(item) and out_of_time():
+    if out_of_time():
         pytest.skip(TIME_LIMIT_REACHED)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not is_active(config):
+        return
     only = set(config.stash[_CONFIG].only)
     if not only:
         return

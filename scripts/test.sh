@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 source scripts/setup-venv.sh
 export SDC_PROFILE="${SDC_PROFILE:-ci}"
 export SDC_WORLD_SIZES="${SDC_WORLD_SIZES:-2,4}"
-.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" tests conformance/suite --target impl "$@"
-.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" conformance/suite --target torch "$@"
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" tests conformance/suite --sdc-target impl "$@"
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" conformance/suite --sdc-target torch "$@"

@@ -11,8 +11,8 @@ import torch
 
 from conformance.compare import compare_observed
 from conformance.observation import Container, Outcome, RaisedObs, TensorObs, ValueObs
+from tests.cli_helpers import cli
 from tests.planted import PlantedBug, write_fork
-from tests.test_cli import cli
 
 #: Small derandomized runs: the same cases every time.
 # world size 2: which ranks a raise leaves blocked (torch does so in some 4-rank gathers) can

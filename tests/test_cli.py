@@ -12,20 +12,7 @@ import pytest
 
 from conformance.case import Case
 from strategies.spec import DictSpec, DTensorSpec, PlacementSpec, SeqSpec, TensorSpec
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, timeout: float = 300, path: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (path, str(ROOT)) if p)}
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
+from tests.cli_helpers import ROOT, cli
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -18,9 +18,9 @@ import time
 
 import pytest
 
+from tests.cli_helpers import ROOT
 from tests.planted import PlantedBug, planted_source, write_fork
 from tests.processes import alive_in_session
-from tests.test_cli import ROOT
 
 GATHER_BODY = (
     "    def sharded_tensor_func(value, pg, device, companion_obj):\n        # ShardedTensor does not"

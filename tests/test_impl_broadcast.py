@@ -10,7 +10,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 import impl
 from conformance.world import JobFailed, context
-from tests.test_impl_builders import global_tensor, make_dtensor
+from tests.builders import global_tensor, make_dtensor
 
 SIZES = [2, 4]
 

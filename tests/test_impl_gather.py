@@ -12,7 +12,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 import impl
 from conformance.world import JobFailed, context
-from tests.test_impl_builders import global_tensor, make_dtensor, make_partial, make_sharded
+from tests.builders import global_tensor, make_dtensor, make_partial, make_sharded
 
 SIZES = [2, 4]
 Pair = namedtuple("Pair", ["first", "second"])

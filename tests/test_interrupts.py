@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.cli_helpers import ROOT
 from tests.processes import alive_in_session
-from tests.test_cli import ROOT
 
 MOMENTS = 20
 STOP_WITHIN = 5.0  # seconds, on a machine with a core free for every runnable process

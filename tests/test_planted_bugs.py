@@ -313,6 +313,12 @@ def test_planted_bug_is_caught_next_to_its_known_divergences(name, worlds):
     assert_caught(_BY_NAME[name], worlds, TORCH)
 
 
+def test_every_entry_has_a_planted_bug_test():
+    covered = {entry_id for bug in PLANTED for entry_id in bug.entries}
+    missing = sorted({e.id for e in [*TORCH.entries, *TORCH.inactive]} - covered)
+    assert not missing, f"entries without a planted-bug test: {', '.join(missing)}"
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -320,7 +326,7 @@ def test_planted_bug_is_caught_next_to_its_known_divergences(name, worlds):
 def test_run_against_a_planted_fork_exits_1_and_shows_the_bug(name, tmp_path):
     """What a fork maintainer runs: ``run --target <fork> --expected torch`` exits 1 and prints
     the new bug's difference (the issue's own examples of bugs that used to pass)."""
-    from tests.test_cli import cli
+    from tests.cli_helpers import cli
 
     bug = _BY_NAME[name]
     fork = write_fork(tmp_path, bug)
@@ -335,7 +341,7 @@ def test_run_against_a_planted_fork_exits_1_and_shows_the_bug(name, tmp_path):
 
 
 def test_a_missing_utility_fails_unless_declared_absent(tmp_path):
-    from tests.test_cli import cli
+    from tests.cli_helpers import cli
 
     bug = PlantedBug(
         "no-distribute-tensors", (), "distribute_tensors", "def _distribute_tensors(", "def _gone(", ""

@@ -13,7 +13,7 @@ import pytest
 from conformance.case import Case
 from conformance.plugin import summary_line
 from strategies.spec import DictSpec, TensorSpec
-from tests.test_cli import cli
+from tests.cli_helpers import cli
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "conformance" / "report.schema.json").read_text())
 PLANTED = ["--target", "tests.broken_target", "--only", "gather_state_dict", "--world-sizes", "2"]
