@@ -8,6 +8,7 @@ from typing import cast
 
 from hypothesis import strategies as st
 
+from strategies.built import built_once
 from strategies.spec import (
     DICT_KINDS,
     SEQ_KINDS,
@@ -40,6 +41,7 @@ LEAF_KINDS: tuple[str, ...] = ("tensor", "dtensor", "sharded_tensor", "value", "
 CONTAINER_KINDS: tuple[str, ...] = DICT_KINDS + SEQ_KINDS
 
 
+@built_once
 def python_values() -> st.SearchStrategy[int | float | bool | str | bytes | None]:
     """Values a state dict holds as-is: ints (beyond 64 bits too), floats (NaN, -0.0, inf),
     bools, str, bytes and None."""
@@ -53,6 +55,7 @@ def python_values() -> st.SearchStrategy[int | float | bool | str | bytes | None
     )
 
 
+@built_once
 def keys(*, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_.") -> st.SearchStrategy[Key]:
     """A dict key: short str (possibly empty or dotted) or small int."""
     options: list[st.SearchStrategy[Key]] = []
@@ -63,6 +66,7 @@ def keys(*, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_.")
     return st.one_of(options)
 
 
+@built_once
 @st.composite
 def leaf_specs(
     draw: st.DrawFn,
@@ -115,7 +119,7 @@ def share_groups(draw: st.DrawFn, tree: Spec, *, max_groups: int = 2) -> Spec:
     kinds: dict[int, tuple[str, bool]] = {}
     for path, leaf in iter_leaves(tree):
         if isinstance(leaf, TensorSpec):
-            group = draw(st.one_of(st.none(), st.integers(0, max_groups - 1)), label="view_of")
+            group = draw(_view_groups(max_groups), label="view_of")
             if group is not None:
                 dtype, per_rank = kinds.setdefault(group, (leaf.dtype, leaf.per_rank))
                 label = f"g{group}-{dtype}-{'rank' if per_rank else 'same'}"
@@ -123,6 +127,12 @@ def share_groups(draw: st.DrawFn, tree: Spec, *, max_groups: int = 2) -> Spec:
     return replace_leaves(tree, replacements)
 
 
+@built_once
+def _view_groups(max_groups: int) -> st.SearchStrategy[int | None]:
+    return st.one_of(st.none(), st.integers(0, max_groups - 1))
+
+
+@built_once
 @st.composite
 def state_dict_specs(
     draw: st.DrawFn,
@@ -172,6 +182,7 @@ def state_dict_specs(
     return cast(DictSpec, tree)
 
 
+@built_once
 @st.composite
 def flat_state_dict_specs(
     draw: st.DrawFn,
@@ -202,6 +213,7 @@ def flat_state_dict_specs(
     return DictSpec(tuple((name, draw(leaves)) for name in names))
 
 
+@built_once
 @st.composite
 def model_optim_state_dicts(
     draw: st.DrawFn,

@@ -7,6 +7,7 @@ import functools
 import torch
 from hypothesis import strategies as st
 
+from strategies.built import built_once
 from strategies.spec import PlacementSpec, TensorSpec, torch_dtype
 
 
@@ -59,8 +60,8 @@ class PartialModel:
         # torch rejects a placement list mixing Partial reduce ops: reuse the first one
         for placement in previous:
             if placement.kind == "partial":
-                return st.just(placement)
-        return st.sampled_from(ops).map(lambda op: PlacementSpec("partial", (("reduce_op", op),)))
+                return _just(placement)
+        return _partials_of(ops)
 
     def split(self, tensor, n, spec, generator):
         op = spec.param("reduce_op")
@@ -177,3 +178,11 @@ class PartialModel:
         from torch.distributed.tensor import Partial
 
         return Partial(spec.param("reduce_op"))
+
+
+@built_once
+def _partials_of(ops: tuple[str, ...]) -> st.SearchStrategy[PlacementSpec]:
+    return st.sampled_from(ops).map(lambda op: PlacementSpec("partial", (("reduce_op", op),)))
+
+
+_just = built_once(st.just)

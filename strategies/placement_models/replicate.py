@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from strategies.spec import PlacementSpec, TensorSpec
 
+REPLICATE = st.just(PlacementSpec("replicate"))
+
 
 class ReplicateModel:
     """``Replicate()``: every index holds the tensor itself (the same object)."""
@@ -13,7 +15,7 @@ class ReplicateModel:
     kind = "replicate"
 
     def placements(self, tensor: TensorSpec, mesh_shape, mesh_dim, previous):
-        return st.just(PlacementSpec("replicate"))
+        return REPLICATE
 
     def split(self, tensor, n, spec, generator):
         return [tensor] * n

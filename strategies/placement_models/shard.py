@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from strategies.built import built_once
 from strategies.placement_models.index_shard import _IndexShardModel, shard_indices
 from strategies.placement_models.mesh import parent_shapes
 from strategies.spec import PlacementSpec, TensorSpec
@@ -24,7 +25,7 @@ class ShardModel(_IndexShardModel):
         dims = [d for d in range(tensor.ndim) if self._after_strided_ok(d, n, previous, parents)]
         if not dims:
             return None
-        return st.sampled_from(dims).map(lambda d: PlacementSpec("shard", (("dim", d),)))
+        return _shards_on(tuple(dims))
 
     @staticmethod
     def _after_strided_ok(dim: int, n: int, previous, parents) -> bool:
@@ -44,3 +45,8 @@ class ShardModel(_IndexShardModel):
         from torch.distributed.tensor import Shard
 
         return Shard(spec.param("dim"))
+
+
+@built_once
+def _shards_on(dims: tuple[int, ...]) -> st.SearchStrategy[PlacementSpec]:
+    return st.sampled_from(list(dims)).map(lambda d: PlacementSpec("shard", (("dim", d),)))

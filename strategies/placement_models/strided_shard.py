@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from strategies.built import built_once
 from strategies.placement_models.index_shard import _IndexShardModel, strided_shard_indices
 from strategies.placement_models.mesh import parent_shapes
 from strategies.spec import PlacementSpec, TensorSpec
@@ -39,9 +40,7 @@ class StridedShardModel(_IndexShardModel):
         ]
         if not options:
             return None
-        return st.sampled_from(options).map(
-            lambda o: PlacementSpec("strided_shard", (("dim", o[0]), ("split_factor", o[1])))
-        )
+        return _strided_shards_on(tuple(options))
 
     def indices(self, size: int, n: int, spec: PlacementSpec) -> list[list[int]]:
         return strided_shard_indices(size, n, spec.param("split_factor"))
@@ -50,3 +49,11 @@ class StridedShardModel(_IndexShardModel):
         from torch.distributed.tensor.placement_types import _StridedShard
 
         return _StridedShard(spec.param("dim"), split_factor=spec.param("split_factor"))
+
+
+@built_once
+def _strided_shards_on(options: tuple[tuple[int, int], ...]) -> st.SearchStrategy[PlacementSpec]:
+    """``_StridedShard`` placements for the (dim, split_factor) pairs ``options``."""
+    return st.sampled_from(list(options)).map(
+        lambda o: PlacementSpec("strided_shard", (("dim", o[0]), ("split_factor", o[1])))
+    )
