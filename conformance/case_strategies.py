@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conformance.case import Case
 from conformance.runner import pg_ranks
-from strategies.built import built_once
+from strategies.built import built_once, sampled
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -70,7 +70,7 @@ def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
 
 @st.composite
 def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     pg = draw(SUBGROUP_PGS, label="pg")
     allow_unsupported = draw(st.booleans())
     if pg == "tail":
@@ -124,7 +124,7 @@ def on_one_rank(draw: st.DrawFn, spec: Spec, world_size: int) -> Spec:
 
 @st.composite
 def offload_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
     sd = draw(on_one_rank(sd, ws))
     kwargs = _kwargs(ranks_only=draw(optional(ranks_only_for(ws))), type_check=draw(optional(st.booleans())))
@@ -223,7 +223,7 @@ def _replace_node(spec: Spec, path: tuple, new: Spec) -> Spec:
 
 @st.composite
 def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
     sd = draw(on_one_rank(sd, ws))
     dest = without_views(sd)
@@ -239,7 +239,7 @@ PIN_MEMORY = st.sampled_from([None, None, False, True])
 
 @st.composite
 def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws), label="state_dict")
     kwargs = _kwargs(
         pin_memory=draw(PIN_MEMORY),
@@ -250,7 +250,7 @@ def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 
 @st.composite
 def similarity_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws), label="state_dict")
     other = without_views(sd)
     if draw(st.booleans(), label="altered"):
@@ -277,7 +277,7 @@ def fill_empty_containers(spec: Spec) -> Spec:
 
 @st.composite
 def flatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=True), label="state_dict")
     sd = draw(on_one_rank(sd, ws))
     if draw(st.integers(0, 4), label="dotted collision") == 0 and sd.items:
@@ -294,7 +294,7 @@ def _unique_fqns(spec: Spec) -> bool:
 
 @st.composite
 def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     raw = draw(nested_state_dicts(ws, key_kinds=("str", "int")), label="state_dict")
     sd = fill_empty_containers(raw)
     if not isinstance(sd, DictSpec) or not _unique_fqns(sd):
@@ -304,7 +304,7 @@ def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 
 @st.composite
 def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     pg = draw(SUBGROUP_PGS, label="pg")
     members = pg_ranks(pg, ws)  # a subgroup's ShardedTensor lives on its members (global ranks)
     spec = draw(sharded_tensor_specs(len(members), dtypes=TREE_DTYPES), label="sharded tensor")
@@ -397,7 +397,7 @@ def with_dtensor_entry(draw: st.DrawFn, full: DictSpec, world_size: int) -> Dict
 def broadcast_cases(
     draw: st.DrawFn, world_sizes: Sequence[int], utility: str = "broadcast_state_dict"
 ) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
     if utility == "broadcast_state_dict":
         pg = draw(SUBGROUP_PGS, label="pg")
@@ -415,7 +415,7 @@ def broadcast_cases(
 
 @st.composite
 def broadcast_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
     tensor_keys = [k for k, v in full.items if isinstance(v, TensorSpec)]
     if not tensor_keys:
@@ -454,7 +454,7 @@ def _distributed_entries(world_size: int, mesh_shape: tuple[int, ...]) -> st.Sea
 def distribute_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     from strategies.tensors import mesh_shapes
 
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     mesh_shape = draw(mesh_shapes(ws))
     names = draw(_ENTRY_NAMES, label="keys")
     entries = _distributed_entries(ws, mesh_shape)

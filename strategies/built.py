@@ -25,7 +25,7 @@ def built_once(factory: F) -> F:
 
     @functools.wraps(factory)
     def build(*args: Any, **kwargs: Any) -> Any:
-        key = (args, tuple(sorted(kwargs.items(), key=lambda item: item[0])))
+        key = (_typed(args), _typed(tuple(sorted(kwargs.items(), key=lambda item: item[0]))))
         try:
             return cache[key]
         except KeyError:
@@ -37,6 +37,20 @@ def built_once(factory: F) -> F:
 
     build.cache_clear = cache.clear  # type: ignore[attr-defined]
     return build  # type: ignore[return-value]
+
+
+def _typed(values: tuple) -> tuple:
+    """``values`` with the type of each value, and of each item of a tuple value, beside it:
+    ``(0, 1)`` and ``(False, True)`` are equal, but a strategy of one is not one of the other."""
+    return tuple(
+        (type(v), tuple((type(x), x) for x in v)) if type(v) is tuple else (type(v), v) for v in values
+    )
+
+
+@built_once
+def sampled(elements: tuple) -> st.SearchStrategy:
+    """``st.sampled_from(elements)``, one object per (typed) tuple of elements."""
+    return st.sampled_from(elements)
 
 
 @functools.lru_cache(maxsize=1024)

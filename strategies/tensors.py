@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from hypothesis import strategies as st
 
-from strategies.built import built_once, one_of_built
+from strategies.built import built_once, one_of_built, sampled
 from strategies.placements import get_placement_model, registered_placements
 from strategies.spec import (
     LAYOUTS,
@@ -97,8 +97,8 @@ def tensor_specs(
         shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side),
         label="shape",
     )
-    dtype = draw(st.sampled_from(tuple(dtypes)), label="dtype")
-    layout = draw(st.sampled_from(layouts_for(len(shape), layouts) or ("contiguous",)))
+    dtype = draw(sampled(tuple(dtypes)), label="dtype")
+    layout = draw(sampled(layouts_for(len(shape), layouts) or ("contiguous",)))
     rank_dependent = draw(st.booleans()) if per_rank is None else per_rank
     return TensorSpec(shape, dtype, layout, rank_dependent)
 

@@ -8,7 +8,7 @@ from typing import cast
 
 from hypothesis import strategies as st
 
-from strategies.built import built_once
+from strategies.built import built_once, sampled
 from strategies.spec import (
     DICT_KINDS,
     SEQ_KINDS,
@@ -79,7 +79,7 @@ def leaf_specs(
     max_side: int = 5,
 ) -> Leaf:
     """One leaf of a kind in ``kinds`` (see :data:`LEAF_KINDS` plus ``"unsupported"``)."""
-    kind = draw(st.sampled_from(tuple(kinds)), label="leaf kind")
+    kind = draw(sampled(tuple(kinds)), label="leaf kind")
     if kind == "tensor":
         return draw(tensor_specs(max_side=max_side, dtypes=dtypes))
     if kind == "dtensor":
@@ -99,7 +99,7 @@ def leaf_specs(
     if kind == "bytesio":
         return BytesIOSpec(draw(st.binary(max_size=16)))
     if kind == "unsupported":
-        return UnsupportedSpec(draw(st.sampled_from(UNSUPPORTED_KINDS)))
+        return UnsupportedSpec(draw(sampled(UNSUPPORTED_KINDS)))
     raise ValueError(f"unknown leaf kind {kind!r}")
 
 
@@ -163,7 +163,7 @@ def state_dict_specs(
         is_leaf = depth > 0 and (depth >= max_depth or draw(st.integers(0, 2)) == 0)
         if is_leaf:
             return draw(leaves)
-        kind = draw(st.sampled_from(tuple(kinds)), label="container kind")
+        kind = draw(sampled(tuple(kinds)), label="container kind")
         width = draw(st.integers(0, max_width), label="width")
         dict_keys: list[Key] = []
         if kind in DICT_KINDS:
@@ -264,7 +264,7 @@ def model_optim_state_dicts(
                 ),
             )
         )
-    buffer_dtype = draw(st.sampled_from(tuple(dtypes)))
+    buffer_dtype = draw(sampled(tuple(dtypes)))
     model.append(("norm.running_mean", TensorSpec((draw(st.integers(0, 5)),), buffer_dtype)))
     model.append(("norm.num_batches_tracked", TensorSpec((), "int64")))
     group = DictSpec(
