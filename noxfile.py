@@ -69,10 +69,13 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Figures: world dispatch overhead vs a bare call vs a fresh world per call."""
+    """Figures: world dispatch overhead vs a bare call vs a fresh world per call; cases/s per
+    utility through the real path, where a case's time goes, and its ratio to a fresh world per
+    case (``benchmarks/bench_cases.py``; posargs go to bench_world.py)."""
     install_project(session)
     session.run("python", "benchmarks/bench_world.py", *session.posargs)
     session.run("python", "benchmarks/bench_faults.py")
+    session.run("python", "benchmarks/bench_cases.py")
 
 
 @nox.session(venv_backend="none")

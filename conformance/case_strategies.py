@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from conformance.case import Case
 from conformance.vocabulary import pg_ranks
+from strategies.built import built_once, sampled
 from strategies.spec import (
     DictSpec,
     DTensorSpec,
@@ -32,6 +33,7 @@ LOADABLE_PLACEMENTS = ("shard", "replicate", "strided_shard", "partial")
 SEEDS = st.integers(0, 2**31 - 1)
 
 
+@built_once
 @st.composite
 def nested_state_dicts(draw: st.DrawFn, world_size: int, allow_unsupported: bool = False, **kw) -> DictSpec:
     """Arbitrary trees most of the time, realistic model+optimizer state dicts otherwise."""
@@ -40,6 +42,7 @@ def nested_state_dicts(draw: st.DrawFn, world_size: int, allow_unsupported: bool
     return draw(state_dict_specs(world_size, allow_unsupported=allow_unsupported, **kw))
 
 
+@built_once
 def ranks_only_for(world_size: int) -> st.SearchStrategy[tuple[int, ...]]:
     return st.one_of(
         st.just(()),
@@ -53,6 +56,7 @@ PGS = st.sampled_from([None, "world", "copy"])
 SUBGROUP_PGS = st.sampled_from([None, "world", "copy", "tail"])
 
 
+@built_once
 def optional(strategy: st.SearchStrategy) -> st.SearchStrategy:
     """A keyword argument that is omitted (None: the utility's default applies) as often as it
     is passed, so that a fork which changes a default fails."""
@@ -66,7 +70,7 @@ def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
 
 @st.composite
 def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     pg = draw(SUBGROUP_PGS, label="pg")
     allow_unsupported = draw(st.booleans())
     if pg == "tail":
@@ -87,6 +91,7 @@ def on_members(spec: ShardedTensorSpec, members: Sequence[int]) -> ShardedTensor
     return replace(spec, rank_order=tuple(members[r] for r in spec.rank_order))
 
 
+@built_once
 @st.composite
 def subgroup_state_dicts(draw: st.DrawFn, members: Sequence[int], allow_unsupported: bool) -> DictSpec:
     """A tree for a collective over the subgroup ``members`` (global ranks): no DTensors (their
@@ -119,7 +124,7 @@ def on_one_rank(draw: st.DrawFn, spec: Spec, world_size: int) -> Spec:
 
 @st.composite
 def offload_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
     sd = draw(on_one_rank(sd, ws))
     kwargs = _kwargs(ranks_only=draw(optional(ranks_only_for(ws))), type_check=draw(optional(st.booleans())))
@@ -136,13 +141,18 @@ def without_views(spec: Spec) -> Spec:
     return replace_leaves(spec, repl)
 
 
+_ALTERATIONS = st.sampled_from(["leaf", "container"])
+_CONTAINER_ALTERATION = st.sampled_from(["container"])
+_LEAF_ALTERATIONS = st.sampled_from(["shape", "dtype", "kind"])
+
+
 @st.composite
 def altered(draw: st.DrawFn, spec: Spec) -> Spec:
     """``spec`` changed in one place so that it no longer matches: a tensor's shape, dtype or
     kind, a key dropped or added, a sequence made longer."""
     leaves = [(p, leaf) for p, leaf in iter_leaves(spec) if p]
     containers = _containers(spec)
-    choice = draw(st.sampled_from(["leaf", "container"] if leaves else ["container"]), label="alteration")
+    choice = draw(_ALTERATIONS if leaves else _CONTAINER_ALTERATION, label="alteration")
     if choice == "leaf":
         path, leaf = draw(st.sampled_from(leaves), label="altered leaf")
         return replace_leaves(spec, {path: draw(_altered_leaf(leaf))})
@@ -163,7 +173,7 @@ def altered(draw: st.DrawFn, spec: Spec) -> Spec:
 @st.composite
 def _altered_leaf(draw: st.DrawFn, leaf: Spec) -> Spec:
     if isinstance(leaf, TensorSpec):
-        how = draw(st.sampled_from(["shape", "dtype", "kind"]))
+        how = draw(_LEAF_ALTERATIONS)
         if how == "shape":
             return TensorSpec((*leaf.shape, 2), leaf.dtype, "contiguous", leaf.per_rank)
         if how == "dtype":
@@ -213,7 +223,7 @@ def _replace_node(spec: Spec, path: tuple, new: Spec) -> Spec:
 
 @st.composite
 def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=draw(st.booleans())), label="state_dict")
     sd = draw(on_one_rank(sd, ws))
     dest = without_views(sd)
@@ -223,12 +233,16 @@ def copy_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     return Case("copy_state_dict", ws, draw(SEEDS), sd, other=dest, kwargs=kwargs)
 
 
+#: ``pin_memory``: omitted half of the time.
+PIN_MEMORY = st.sampled_from([None, None, False, True])
+
+
 @st.composite
 def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws), label="state_dict")
     kwargs = _kwargs(
-        pin_memory=draw(st.sampled_from([None, None, False, True])),
+        pin_memory=draw(PIN_MEMORY),
         share_memory=draw(optional(st.booleans())),
     )
     return Case("create_cpu_state_dict", ws, draw(SEEDS), sd, kwargs=kwargs)
@@ -236,7 +250,7 @@ def create_cpu_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 
 @st.composite
 def similarity_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws), label="state_dict")
     other = without_views(sd)
     if draw(st.booleans(), label="altered"):
@@ -263,7 +277,7 @@ def fill_empty_containers(spec: Spec) -> Spec:
 
 @st.composite
 def flatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     sd = draw(nested_state_dicts(ws, allow_unsupported=True), label="state_dict")
     sd = draw(on_one_rank(sd, ws))
     if draw(st.integers(0, 4), label="dotted collision") == 0 and sd.items:
@@ -280,7 +294,7 @@ def _unique_fqns(spec: Spec) -> bool:
 
 @st.composite
 def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     raw = draw(nested_state_dicts(ws, key_kinds=("str", "int")), label="state_dict")
     sd = fill_empty_containers(raw)
     if not isinstance(sd, DictSpec) or not _unique_fqns(sd):
@@ -290,7 +304,7 @@ def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 
 @st.composite
 def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     pg = draw(SUBGROUP_PGS, label="pg")
     members = pg_ranks(pg, ws)  # a subgroup's ShardedTensor lives on its members (global ranks)
     spec = draw(sharded_tensor_specs(len(members), dtypes=TREE_DTYPES), label="sharded tensor")
@@ -298,17 +312,22 @@ def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Cas
     return Case("all_gather_sharded_tensor", ws, draw(SEEDS), spec, kwargs=_kwargs(pg=pg))
 
 
+@built_once
 @st.composite
 def full_state_dicts(draw: st.DrawFn, world_size: int) -> DictSpec:
     """A flat full state dict: plain tensors (0-d included, same on every rank) and values."""
-    leaves = st.one_of(
+    return draw(flat_state_dict_specs(world_size, leaves=_full_leaves(), max_size=5))
+
+
+@built_once
+def _full_leaves() -> st.SearchStrategy[TensorSpec | ValueSpec]:
+    return st.one_of(
         tensor_specs(per_rank=False, dtypes=TREE_DTYPES),
         st.builds(
             ValueSpec,
             st.one_of(st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=3), st.none()),
         ),
     )
-    return draw(flat_state_dict_specs(world_size, leaves=leaves, max_size=5))
 
 
 @st.composite
@@ -330,7 +349,7 @@ def local_for(
         kinds = ["missing", "tensor", "none"]
         if allow_dtensors:
             kinds += ["dtensor", "dtensor"] + (["sharded", "sharded"] if leaf.shape else [])
-        how = draw(st.sampled_from(kinds), label=f"local {key}")
+        how = draw(_local_kinds(tuple(kinds)), label=f"local {key}")
         plain = TensorSpec(leaf.shape, leaf.dtype)
         if how == "tensor":
             items.append((key, plain))
@@ -348,6 +367,11 @@ def local_for(
     if draw(st.booleans(), label="extra local key"):
         items.append(("local_only", TensorSpec((2,), "float32")))
     return DictSpec(tuple(items))
+
+
+@built_once
+def _local_kinds(kinds: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.sampled_from(list(kinds))
 
 
 @st.composite
@@ -373,7 +397,7 @@ def with_dtensor_entry(draw: st.DrawFn, full: DictSpec, world_size: int) -> Dict
 def broadcast_cases(
     draw: st.DrawFn, world_sizes: Sequence[int], utility: str = "broadcast_state_dict"
 ) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
     if utility == "broadcast_state_dict":
         pg = draw(SUBGROUP_PGS, label="pg")
@@ -391,7 +415,7 @@ def broadcast_cases(
 
 @st.composite
 def broadcast_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
     tensor_keys = [k for k, v in full.items if isinstance(v, TensorSpec)]
     if not tensor_keys:
@@ -412,17 +436,28 @@ def broadcast_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case
     )
 
 
+_ENTRY_NAMES = st.lists(st.sampled_from(["w", "b", "emb", "head"]), min_size=1, unique=True)
+
+
+@built_once
+def _distributed_entries(world_size: int, mesh_shape: tuple[int, ...]) -> st.SearchStrategy[Spec]:
+    """Entries of a ``distribute_tensors`` local dict: a quarter are plain tensors (and an
+    "absent" key names no entry): neither is a (DTensor, full tensor) pair, so both must be
+    left untouched."""
+    from strategies.tensors import dtensor_specs
+
+    loaded = dtensor_specs(world_size, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS, dtypes=TREE_DTYPES)
+    return st.one_of(loaded, loaded, loaded, tensor_specs(dtypes=TREE_DTYPES))
+
+
 @st.composite
 def distribute_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
-    from strategies.tensors import dtensor_specs, mesh_shapes
+    from strategies.tensors import mesh_shapes
 
-    ws = draw(st.sampled_from(tuple(world_sizes)), label="world_size")
+    ws = draw(sampled(tuple(world_sizes)), label="world_size")
     mesh_shape = draw(mesh_shapes(ws))
-    names = draw(st.lists(st.sampled_from(["w", "b", "emb", "head"]), min_size=1, unique=True), label="keys")
-    # a quarter of the entries are plain tensors, and "absent" names no entry: neither is a
-    # (DTensor, full tensor) pair, so both must be left untouched
-    loaded = dtensor_specs(ws, mesh_shape=mesh_shape, kinds=LOADABLE_PLACEMENTS, dtypes=TREE_DTYPES)
-    entries = st.one_of(loaded, loaded, loaded, tensor_specs(dtypes=TREE_DTYPES))
+    names = draw(_ENTRY_NAMES, label="keys")
+    entries = _distributed_entries(ws, mesh_shape)
     local = DictSpec(tuple((n, draw(entries, label=f"entry {n}")) for n in names))
     keys = draw(
         st.lists(st.sampled_from([*names, "absent"]), min_size=1, unique=True), label="distributed keys"

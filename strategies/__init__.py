@@ -2,7 +2,8 @@
 placements. Pure data; nothing here touches a process group.
 
 - :mod:`strategies.spec`: the spec types, JSON round trip, tree walking.
-- :mod:`strategies.placements`: the placement registry and single-process placement models.
+- :mod:`strategies.placements`: the placement registry and single-process placement models
+  (one module per family in :mod:`strategies.placement_models`, re-exported there).
 - :mod:`strategies.values`: deterministic tensor values for specs.
 - :mod:`strategies.tensors`, :mod:`strategies.trees`: the Hypothesis strategies.
 - :mod:`strategies.stable`: draws depend only on strategies and seed (applied on import).

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from hypothesis import strategies as st
 
+from strategies.built import built_once, one_of_built, sampled
 from strategies.placements import get_placement_model, registered_placements
 from strategies.spec import (
     LAYOUTS,
@@ -57,11 +58,13 @@ GLOO_DTYPES: tuple[str, ...] = tuple(
 TREE_DTYPES: tuple[str, ...] = GLOO_DTYPES * 5 + tuple(d for d in ALL_DTYPES if d not in GLOO_DTYPES)
 
 
+@built_once
 def dtypes(*, include: Sequence[str] = ALL_DTYPES) -> st.SearchStrategy[str]:
     """A dtype name from ``include``."""
     return st.sampled_from(tuple(include))
 
 
+@built_once
 def shapes(
     *, min_dims: int = 0, max_dims: int = 3, min_side: int = 0, max_side: int = 5
 ) -> st.SearchStrategy[tuple[int, ...]]:
@@ -75,6 +78,7 @@ def layouts_for(ndim: int, layouts: Sequence[str] = LAYOUTS) -> tuple[str, ...]:
     return tuple(layout for layout in layouts if ndim >= need.get(layout, 0))
 
 
+@built_once
 @st.composite
 def tensor_specs(
     draw: st.DrawFn,
@@ -93,8 +97,8 @@ def tensor_specs(
         shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side),
         label="shape",
     )
-    dtype = draw(st.sampled_from(tuple(dtypes)), label="dtype")
-    layout = draw(st.sampled_from(layouts_for(len(shape), layouts) or ("contiguous",)))
+    dtype = draw(sampled(tuple(dtypes)), label="dtype")
+    layout = draw(sampled(layouts_for(len(shape), layouts) or ("contiguous",)))
     rank_dependent = draw(st.booleans()) if per_rank is None else per_rank
     return TensorSpec(shape, dtype, layout, rank_dependent)
 
@@ -118,6 +122,7 @@ def mesh_factorisations(world_size: int, *, min_dims: int = 1, max_dims: int = 3
     return tuple(out)
 
 
+@built_once
 def mesh_shapes(
     world_size: int, *, min_dims: int = 1, max_dims: int = 3
 ) -> st.SearchStrategy[tuple[int, ...]]:
@@ -158,10 +163,11 @@ def placements_for(
         ]
         if not options:
             options = [st.just(PlacementSpec("replicate"))]
-        placements += (draw(st.one_of(options), label="placement"),)
+        placements += (draw(one_of_built(options), label="placement"),)
     return placements
 
 
+@built_once
 @st.composite
 def dtensor_specs(
     draw: st.DrawFn,
@@ -194,6 +200,7 @@ def dtensor_specs(
     return DTensorSpec(tensor, tuple(mesh_shape), placements)
 
 
+@built_once
 @st.composite
 def sharded_tensor_specs(
     draw: st.DrawFn,
@@ -219,12 +226,16 @@ def sharded_tensor_specs(
         label="global tensor",
     )
     dim = draw(st.integers(0, tensor.ndim - 1), label="dim")
-    rank_order = draw(
-        st.one_of(
-            st.permutations(range(world_size)),
-            st.permutations(range(world_size)),
-            st.lists(st.integers(0, world_size - 1), min_size=1, max_size=2 * world_size),
-        ),
-        label="rank_order",
-    )
+    rank_order = draw(rank_orders(world_size), label="rank_order")
     return ShardedTensorSpec(tensor, dim, tuple(rank_order))
+
+
+@built_once
+def rank_orders(world_size: int) -> st.SearchStrategy[list[int]]:
+    """The ranks holding a ShardedTensor's chunks, in chunk order: a permutation of every
+    rank (two draws in three), or 1 to 2 x ``world_size`` chunks on any ranks."""
+    return st.one_of(
+        st.permutations(range(world_size)),
+        st.permutations(range(world_size)),
+        st.lists(st.integers(0, world_size - 1), min_size=1, max_size=2 * world_size),
+    )

@@ -8,6 +8,7 @@ from typing import cast
 
 from hypothesis import strategies as st
 
+from strategies.built import built_once, sampled
 from strategies.spec import (
     DICT_KINDS,
     SEQ_KINDS,
@@ -40,6 +41,7 @@ LEAF_KINDS: tuple[str, ...] = ("tensor", "dtensor", "sharded_tensor", "value", "
 CONTAINER_KINDS: tuple[str, ...] = DICT_KINDS + SEQ_KINDS
 
 
+@built_once
 def python_values() -> st.SearchStrategy[int | float | bool | str | bytes | None]:
     """Values a state dict holds as-is: ints (beyond 64 bits too), floats (NaN, -0.0, inf),
     bools, str, bytes and None."""
@@ -53,6 +55,7 @@ def python_values() -> st.SearchStrategy[int | float | bool | str | bytes | None
     )
 
 
+@built_once
 def keys(*, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_.") -> st.SearchStrategy[Key]:
     """A dict key: short str (possibly empty or dotted) or small int."""
     options: list[st.SearchStrategy[Key]] = []
@@ -63,6 +66,7 @@ def keys(*, key_kinds: Sequence[str] = ("str", "int"), alphabet: str = "abxy_.")
     return st.one_of(options)
 
 
+@built_once
 @st.composite
 def leaf_specs(
     draw: st.DrawFn,
@@ -75,7 +79,7 @@ def leaf_specs(
     max_side: int = 5,
 ) -> Leaf:
     """One leaf of a kind in ``kinds`` (see :data:`LEAF_KINDS` plus ``"unsupported"``)."""
-    kind = draw(st.sampled_from(tuple(kinds)), label="leaf kind")
+    kind = draw(sampled(tuple(kinds)), label="leaf kind")
     if kind == "tensor":
         return draw(tensor_specs(max_side=max_side, dtypes=dtypes))
     if kind == "dtensor":
@@ -95,7 +99,7 @@ def leaf_specs(
     if kind == "bytesio":
         return BytesIOSpec(draw(st.binary(max_size=16)))
     if kind == "unsupported":
-        return UnsupportedSpec(draw(st.sampled_from(UNSUPPORTED_KINDS)))
+        return UnsupportedSpec(draw(sampled(UNSUPPORTED_KINDS)))
     raise ValueError(f"unknown leaf kind {kind!r}")
 
 
@@ -115,7 +119,7 @@ def share_groups(draw: st.DrawFn, tree: Spec, *, max_groups: int = 2) -> Spec:
     kinds: dict[int, tuple[str, bool]] = {}
     for path, leaf in iter_leaves(tree):
         if isinstance(leaf, TensorSpec):
-            group = draw(st.one_of(st.none(), st.integers(0, max_groups - 1)), label="view_of")
+            group = draw(_view_groups(max_groups), label="view_of")
             if group is not None:
                 dtype, per_rank = kinds.setdefault(group, (leaf.dtype, leaf.per_rank))
                 label = f"g{group}-{dtype}-{'rank' if per_rank else 'same'}"
@@ -123,6 +127,12 @@ def share_groups(draw: st.DrawFn, tree: Spec, *, max_groups: int = 2) -> Spec:
     return replace_leaves(tree, replacements)
 
 
+@built_once
+def _view_groups(max_groups: int) -> st.SearchStrategy[int | None]:
+    return st.one_of(st.none(), st.integers(0, max_groups - 1))
+
+
+@built_once
 @st.composite
 def state_dict_specs(
     draw: st.DrawFn,
@@ -153,7 +163,7 @@ def state_dict_specs(
         is_leaf = depth > 0 and (depth >= max_depth or draw(st.integers(0, 2)) == 0)
         if is_leaf:
             return draw(leaves)
-        kind = draw(st.sampled_from(tuple(kinds)), label="container kind")
+        kind = draw(sampled(tuple(kinds)), label="container kind")
         width = draw(st.integers(0, max_width), label="width")
         dict_keys: list[Key] = []
         if kind in DICT_KINDS:
@@ -172,6 +182,7 @@ def state_dict_specs(
     return cast(DictSpec, tree)
 
 
+@built_once
 @st.composite
 def flat_state_dict_specs(
     draw: st.DrawFn,
@@ -202,6 +213,7 @@ def flat_state_dict_specs(
     return DictSpec(tuple((name, draw(leaves)) for name in names))
 
 
+@built_once
 @st.composite
 def model_optim_state_dicts(
     draw: st.DrawFn,
@@ -252,7 +264,7 @@ def model_optim_state_dicts(
                 ),
             )
         )
-    buffer_dtype = draw(st.sampled_from(tuple(dtypes)))
+    buffer_dtype = draw(sampled(tuple(dtypes)))
     model.append(("norm.running_mean", TensorSpec((draw(st.integers(0, 5)),), buffer_dtype)))
     model.append(("norm.num_batches_tracked", TensorSpec((), "int64")))
     group = DictSpec(
