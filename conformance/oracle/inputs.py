@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -33,6 +34,19 @@ from strategies.spec import (
     iter_leaves,
 )
 from strategies.values import make_plain_tensor, share_group_footprints, storage_key
+
+
+@lru_cache(maxsize=512)
+def _global_tensor(leaf: DTensorSpec | ShardedTensorSpec, seed: int, path: Path) -> torch.Tensor:
+    """:func:`global_tensor`, computed once for all the ranks the oracle judges (the oracle
+    only reads it: every observation it builds holds a clone)."""
+    return global_tensor(leaf, seed, path)
+
+
+@lru_cache(maxsize=512)
+def _dtensor_locals(leaf: DTensorSpec, seed: int, path: Path) -> dict[tuple[int, ...], torch.Tensor]:
+    """:func:`dtensor_locals`, computed once for all ranks (read only, as above)."""
+    return dtensor_locals(leaf, seed, path)
 
 
 def spec_container_kind(spec: DictSpec | SeqSpec) -> str:
@@ -128,10 +142,10 @@ class RankInputs:
             return self.plain(leaf, path)
         if isinstance(leaf, DTensorSpec):
             # ranks hold a contiguous copy of their part
-            parts = dtensor_locals(leaf, self.seed, path)
+            parts = _dtensor_locals(leaf, self.seed, path)
             return parts[coordinate_of(self.rank, leaf.mesh_shape)].contiguous()
         if isinstance(leaf, ShardedTensorSpec):
-            full = global_tensor(leaf, self.seed, path)
+            full = _global_tensor(leaf, self.seed, path)
             shards = [
                 full.narrow(leaf.dim, start, length).reshape(-1)
                 for owner, start, length in sharded_chunks(leaf, self.world_size)
@@ -154,7 +168,7 @@ class RankInputs:
         """The full value a tensor leaf stands for (a plain tensor is its own full value)."""
         if isinstance(leaf, TensorSpec):
             return self.plain(leaf, path).contiguous()
-        return global_tensor(leaf, self.seed, path)
+        return _global_tensor(leaf, self.seed, path)
 
     def unchanged(self, path: Path, leaf: Leaf) -> Any:
         """The observation of an input leaf that was left as it was."""
