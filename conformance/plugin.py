@@ -77,6 +77,12 @@ _OPTIONS = [
         "SDC_BASELINE",
         "also run every case on this target and report changes",
     ),
+    (
+        "--sdc-launcher",
+        "sdc_launcher",
+        "SDC_LAUNCHER",
+        "world transport: spawn, or torchrun (set by conformance.torchrun)",
+    ),
 ]
 
 
@@ -148,6 +154,7 @@ def read_config(config: pytest.Config) -> HarnessConfig:
         shrink_hangs=_flag(_setting(config, "shrink_hangs", "0")),
         time_limit=time_limit,
         baseline=_setting(config, "sdc_baseline", "") or None,
+        launcher=_setting(config, "sdc_launcher", "spawn"),
     )
 
 

@@ -224,6 +224,34 @@ def test_dead_rank_is_reported_and_world_restarts(fresh_world, how, expected):
     assert set(fresh_world.run(pid)).isdisjoint(old_pids)
 
 
+def sleep_then_rank(seconds: float) -> int:
+    time.sleep(seconds)
+    return context().rank
+
+
+def test_submit_returns_at_once_and_result_collects(world_factory):
+    """The driver works while the ranks run; one job in flight at a time."""
+    world = world_factory(2)
+    start = time.monotonic()
+    pending = world.submit(sleep_then_rank, 1.0)
+    assert time.monotonic() - start < 0.5, "submit waited for the job"
+    with pytest.raises(RuntimeError, match="already in flight"):
+        world.submit(rank_and_size)
+    assert pending.result() == [0, 1]
+    assert time.monotonic() - start >= 1.0
+    assert pending.result() == [0, 1]  # asking again gives the same answer
+    assert world.run(rank_and_size) == [(0, 2), (1, 2)]
+
+
+def test_a_submitted_job_that_fails_raises_from_result(world_factory):
+    world = world_factory(2)
+    pending = world.submit(raise_on, 0)
+    with pytest.raises(JobFailed) as info:
+        pending.result()
+    assert info.value.kind == "error" and list(info.value.failures) == [0]
+    assert world.run(rank_and_size) == [(0, 2), (1, 2)]  # after the health check
+
+
 def test_unpicklable_result_is_that_ranks_failure(world_factory):
     world = world_factory(2)
     with pytest.raises(JobFailed) as info:
