@@ -363,3 +363,25 @@ def test_ranks_die_with_their_driver(tmp_path, how):
         proc.wait()
     leaked = {n for n in set(os.listdir("/dev/shm")) - shm_before if "torch" in n}
     assert not leaked, f"shared-memory segments leaked: {leaked}"
+
+
+def test_the_world_package_imports_nothing_of_the_harness():
+    """harness imports the world; the world (either transport) never imports harness, check,
+    runner or plugin, so there is no cycle."""
+    code = (
+        "import sys, conformance.world, conformance.world.torchrun_main, conformance.torchrun\n"
+        "bad = [m for m in ('conformance.harness', 'conformance.check', 'conformance.runner',"
+        " 'conformance.plugin') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_the_harness_takes_its_world_kind_from_its_config():
+    from conformance.harness import Harness, HarnessConfig
+
+    with pytest.raises(WorldUnavailable, match="no torchrun world is running"):
+        Harness(HarnessConfig(launcher="torchrun")).world(2)
+    with pytest.raises(WorldUnavailable, match="launcher must be one of spawn, torchrun"):
+        Harness(HarnessConfig(launcher="mpirun")).world(2)
