@@ -41,20 +41,8 @@ from typing import Any
 
 from conformance.faults import thread_stack
 from conformance.progress import cpu_seconds
-from conformance.world.protocol import (
-    DEFAULT_ERROR_GRACE,
-    DEFAULT_JOB_TIMEOUT,
-    SHUTDOWN,
-    Answer,
-    JobClock,
-    JobDriver,
-    JobFailed,
-    PendingJob,
-    RankFailure,
-    Replies,
-    WorldUnavailable,
-    execute,
-)
+from conformance.world import protocol
+from conformance.world.protocol import JobDriver, JobFailed, RankFailure, WorldUnavailable, execute
 from conformance.world.torchrun_rank import EARLY, TorchrunMember, say
 
 DEAD_AFTER = float(os.environ.get("SDC_TORCHRUN_DEAD_AFTER", "10"))
@@ -82,8 +70,8 @@ class TorchrunWorld(JobDriver):
         self,
         backend: str | None = None,
         *,
-        job_timeout: float = DEFAULT_JOB_TIMEOUT,
-        error_grace: float = DEFAULT_ERROR_GRACE,
+        job_timeout: float = protocol.DEFAULT_JOB_TIMEOUT,
+        error_grace: float = protocol.DEFAULT_ERROR_GRACE,
         start_timeout: float = 300.0,
         dead_after: float = DEAD_AFTER,
     ) -> None:
@@ -104,7 +92,7 @@ class TorchrunWorld(JobDriver):
         self._terminated = False
         self._closed = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._own: dict[int, Answer | None] = {}
+        self._own: dict[int, protocol.Answer | None] = {}
         self._own_done = threading.Condition()
         self._beats: dict[int, tuple[int, float]] = {}
         self._own_tid: int | None = None  # native id of the thread running rank 0's share
@@ -161,7 +149,7 @@ class TorchrunWorld(JobDriver):
         if self.lost is None and not self._job_open:
             job = self._next
             self._next += 1
-            store.set(f"job/{job}", SHUTDOWN)  # type: ignore[arg-type]  # stubs say str; bytes work
+            store.set(f"job/{job}", protocol.SHUTDOWN)  # type: ignore[arg-type]  # stubs say str; bytes work
             deadline = time.monotonic() + SHUTDOWN_TIMEOUT
             while store.add(f"done/{job}", 0) < self.size - 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -193,13 +181,13 @@ class TorchrunWorld(JobDriver):
         self._m.store.set(f"job/{job}", payload)  # type: ignore[arg-type]  # stubs say str; bytes work
         self._jobs.put((job, payload))
 
-    def _after_failure(self, exc: JobFailed, pending: PendingJob) -> None:
+    def _after_failure(self, exc: JobFailed, pending: protocol.PendingJob) -> None:
         if exc.kind == "error" and not exc.left_ranks_blocked:
             self._needs_health_check = True
         else:
             self._lose(exc, describe_job(pending.fn, pending.args))
 
-    def _after_interrupt(self, exc: BaseException, pending: PendingJob) -> None:
+    def _after_interrupt(self, exc: BaseException, pending: protocol.PendingJob) -> None:
         if self.lost is None:
             what = describe_job(pending.fn, pending.args)
             self.lost = f"job {self._job} ({what}) interrupted by {type(exc).__name__}"
@@ -217,13 +205,13 @@ class TorchrunWorld(JobDriver):
             "A torchrun world cannot restart from inside, so the run stops here.\n"
         )
 
-    def _collect(self, clock: JobClock, what: str = "job") -> list[Any]:
+    def _collect(self, clock: protocol.JobClock, what: str = "job") -> list[Any]:
         try:
             return super()._collect(clock, what)
         finally:
             self._job_open = False
 
-    def _wait(self, replies: Replies, clock: JobClock) -> None:
+    def _wait(self, replies: protocol.Replies, clock: protocol.JobClock) -> None:
         store, job = self._m.store, self._job
         grace_started = False
         next_beat_check = time.monotonic() + 1.0
@@ -252,7 +240,7 @@ class TorchrunWorld(JobDriver):
             pause = min(pause * 2, 0.005)
         self._read_answers(job, replies, all_done=count == self.size)
 
-    def _read_answers(self, job: int, replies: Replies, all_done: bool) -> None:
+    def _read_answers(self, job: int, replies: protocol.Replies, all_done: bool) -> None:
         store = self._m.store
         answered = list(range(self.size)) if all_done else self._answered(job)
         others = [r for r in answered if r != 0]
