@@ -216,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pytest_args += [f"--junitxml={args.junit}"]
     collector = Collector()
     if args.launcher == "torchrun":
-        from conformance.torchrun import run_under_torchrun
+        from conformance.world.torchrun_main import run_under_torchrun
 
         if args.jobs > 1:
             raise UsageError("--jobs cannot be combined with --launcher torchrun; torchrun sets the ranks")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from conformance.check import (
 )
 from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
 from conformance.targets import Target, load_target
-from conformance.world import JobRunner, World
+from conformance.world import LAUNCHERS, JobRunner, World, WorldUnavailable
+from conformance.world.torchrun_main import launched_world
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class HarnessConfig:
     shrink_hangs: bool = False  # shrink hangs and dead ranks like other failures (slow: restarts)
     time_limit: float | None = None  # seconds for the whole run; later properties are not run
     baseline: str | None = None  # every case also runs on this target; the verdict is the changes
+    launcher: str = "spawn"  # the worlds' transport: "spawn" (ranks spawned here) or "torchrun"
 
     @classmethod
     def from_args(cls, args: Any, **more: Any) -> HarnessConfig:
@@ -50,6 +51,7 @@ class HarnessConfig:
             only=tuple(args.only),
             max_examples=args.max_examples,
             baseline=args.baseline,
+            launcher=getattr(args, "launcher", "spawn"),
             **more,
         )
 
@@ -172,11 +174,14 @@ class Harness:
         self.shared_by_utility: dict[str, int] = {}  # cases with differences the baseline shares
 
     def world(self, size: int) -> JobRunner:
-        # torchrun hook (issue 5): under SDC_LAUNCHER=torchrun the one world is torchrun's.
-        if os.environ.get("SDC_LAUNCHER") == "torchrun":
-            from conformance.torchrun import harness_world
-
-            return harness_world(self, size)
+        """The world of ``size`` ranks for this run's launcher: a cached spawned world, or the
+        one torchrun world (checked against ``size`` and the backend)."""
+        if self.config.launcher == "torchrun":
+            return launched_world(size, self.config.backend, self.config.case_timeout, self.setup_jobs())
+        if self.config.launcher != "spawn":
+            raise WorldUnavailable(
+                f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.config.launcher!r}"
+            )
         if size not in self._worlds:
             world = World(
                 size, self.config.backend, job_timeout=self.config.case_timeout, setup=self.setup_jobs()

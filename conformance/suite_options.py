@@ -97,6 +97,12 @@ OPTIONS = (
     Option(
         "baseline", "SDC_BASELINE", "also run every case on this target and report changes", aliased=False
     ),
+    Option(
+        "launcher",
+        "SDC_LAUNCHER",
+        "world transport: spawn, or torchrun (set by conformance.torchrun)",
+        aliased=False,
+    ),
 )
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -168,6 +174,7 @@ def read_config(config: pytest.Config) -> HarnessConfig:
         shrink_hangs=_flag(_setting(config, "shrink-hangs", "0")),
         time_limit=time_limit,
         baseline=_setting(config, "baseline", "") or None,
+        launcher=_setting(config, "launcher", "spawn"),
     )
 
 

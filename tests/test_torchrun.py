@@ -74,6 +74,8 @@ def test_inner_jobs(harness):
     from conformance.selfcheck import gather_check
 
     assert world.run(gather_check) == [True] * n  # after the health check, meshes work
+    pending = world.submit(rank_and_size)  # rank 0 may work while the ranks run
+    assert pending.result() == [(r, n) for r in range(n)]
     with pytest.raises(Exception, match="WORLD_SIZE"):
         harness.world(n + 1)
     print("INNER-JOBS-OK")

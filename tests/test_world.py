@@ -224,6 +224,34 @@ def test_dead_rank_is_reported_and_world_restarts(fresh_world, how, expected):
     assert set(fresh_world.run(pid)).isdisjoint(old_pids)
 
 
+def sleep_then_rank(seconds: float) -> int:
+    time.sleep(seconds)
+    return context().rank
+
+
+def test_submit_returns_at_once_and_result_collects(world_factory):
+    """The driver works while the ranks run; one job in flight at a time."""
+    world = world_factory(2)
+    start = time.monotonic()
+    pending = world.submit(sleep_then_rank, 1.0)
+    assert time.monotonic() - start < 0.5, "submit waited for the job"
+    with pytest.raises(RuntimeError, match="already in flight"):
+        world.submit(rank_and_size)
+    assert pending.result() == [0, 1]
+    assert time.monotonic() - start >= 1.0
+    assert pending.result() == [0, 1]  # asking again gives the same answer
+    assert world.run(rank_and_size) == [(0, 2), (1, 2)]
+
+
+def test_a_submitted_job_that_fails_raises_from_result(world_factory):
+    world = world_factory(2)
+    pending = world.submit(raise_on, 0)
+    with pytest.raises(JobFailed) as info:
+        pending.result()
+    assert info.value.kind == "error" and list(info.value.failures) == [0]
+    assert world.run(rank_and_size) == [(0, 2), (1, 2)]  # after the health check
+
+
 def test_unpicklable_result_is_that_ranks_failure(world_factory):
     world = world_factory(2)
     with pytest.raises(JobFailed) as info:
@@ -335,3 +363,25 @@ def test_ranks_die_with_their_driver(tmp_path, how):
         proc.wait()
     leaked = {n for n in set(os.listdir("/dev/shm")) - shm_before if "torch" in n}
     assert not leaked, f"shared-memory segments leaked: {leaked}"
+
+
+def test_the_world_package_imports_nothing_of_the_harness():
+    """harness imports the world; the world (either transport) never imports harness, check,
+    runner or plugin, so there is no cycle."""
+    code = (
+        "import sys, conformance.world, conformance.world.torchrun_main, conformance.torchrun\n"
+        "bad = [m for m in ('conformance.harness', 'conformance.check', 'conformance.runner',"
+        " 'conformance.plugin') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_the_harness_takes_its_world_kind_from_its_config():
+    from conformance.harness import Harness, HarnessConfig
+
+    with pytest.raises(WorldUnavailable, match="no torchrun world is running"):
+        Harness(HarnessConfig(launcher="torchrun")).world(2)
+    with pytest.raises(WorldUnavailable, match="launcher must be one of spawn, torchrun"):
+        Harness(HarnessConfig(launcher="mpirun")).world(2)
