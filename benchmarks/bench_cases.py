@@ -17,6 +17,11 @@ utility, cases/s and the mean milliseconds per case of:
   oracle   ``conformance.utilities.expected_outcomes``
   compare  comparing every rank with the oracle, locating and excusing differences
 
+``real/s`` is the rate of the suite's own path, measured on the same cases in a second pass:
+Hypothesis drawing each case and ``Harness.check`` judging it (the oracle computed while the
+ranks run the case, as in every run); ``cases/s`` is the rate of the timed pass, which runs
+the parts one after the other to time each.
+
 Then the spawn-per-case baseline measured in the same run (a fresh world per case, set up as
 the harness sets it up, the case run, the world closed: the way PyTorch's own distributed
 tests run) and the ratio cases/s / spawn rate (issue 13's goals: 300 at world size 2, 150 at 4).
@@ -27,6 +32,7 @@ tests run) and the ratio cases/s / spawn rate (issue 13's goals: 300 at world si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pickle
 import statistics
 import sys
@@ -41,7 +47,7 @@ from hypothesis import given
 from benchmarks.draw_fingerprint import derandomized
 from conformance import wire
 from conformance.case import Case
-from conformance.check import check_case, located
+from conformance.check import CaseAborted, check_case, located
 from conformance.compare import compare_outcomes
 from conformance.harness import Harness, HarnessConfig
 from conformance.observation import Outcome
@@ -182,6 +188,23 @@ def measure(harness: Harness, utility: str, size: int, cases: int) -> tuple[Tall
     return tally, drawn
 
 
+def measure_real(harness: Harness, utility: str, size: int, cases: int) -> float:
+    """Cases per second of the suite's path on the same derandomized draws: Hypothesis draws,
+    ``Harness.check`` runs and judges (known divergences excuse; failures count as run)."""
+    ran = [0]
+
+    @derandomized(cases)
+    @given(case=UTILITY[utility].cases((size,)))
+    def run(case: Case) -> None:
+        ran[0] += 1
+        with contextlib.suppress(CaseAborted):
+            harness.check(case, count=False)
+
+    start = time.perf_counter()
+    run()
+    return ran[0] / (time.perf_counter() - start)
+
+
 def fresh_world_seconds(harness: Harness, cases: list[Case]) -> float:
     """Median seconds to spawn a world (with the harness's setup jobs), run one case on it
     (the real ``check_case``) and close it."""
@@ -194,14 +217,14 @@ def fresh_world_seconds(harness: Harness, cases: list[Case]) -> float:
     return statistics.median(samples)
 
 
-def row(name: str, tally: Tally) -> str:
+def row(name: str, tally: Tally, real: float) -> str:
     n = max(tally.cases, 1)
     means = " ".join(f"{tally.parts[p] / n * 1e3:>7.2f}" for p in PARTS)
     notes = [f"{tally.failed} failed"] * bool(tally.failed) + [f"{tally.restarts} restarts"] * bool(
         tally.restarts
     )
     note = f"  ({', '.join(notes)})" if notes else ""
-    return f"{name:<28} {tally.cases:>5} {tally.rate:>7.1f} {means} {tally.wall / n * 1e3:>8.2f}{note}"
+    return f"{name:<28} {tally.cases:>5} {real:>7.1f} {tally.rate:>7.1f} {means} {tally.wall / n * 1e3:>8.2f}{note}"
 
 
 def main() -> None:
@@ -224,18 +247,20 @@ def main() -> None:
             measure(harness, utilities[0], size, 5)  # one-time imports and caches, untimed
             print(f"\nworld size {size}, target {args.target}: mean ms per case")
             print(
-                f"{'utility':<28} {'cases':>5} {'cases/s':>7} "
+                f"{'utility':<28} {'cases':>5} {'real/s':>7} {'cases/s':>7} "
                 + " ".join(f"{p:>7}" for p in PARTS)
                 + "    total"
             )
             total, rates, first = Tally(), {}, {}
             for utility in utilities:
                 tally, drawn = measure(harness, utility, size, args.cases)
-                print(row(utility, tally), flush=True)
+                rates[utility] = measure_real(harness, utility, size, args.cases)
+                print(row(utility, tally, rates[utility]), flush=True)
                 total.add(tally)
-                rates[utility] = tally.rate
                 first[utility] = drawn
-            print(row("all (suite average)", total))
+            # the suite average: every utility's cases in the time they took together
+            average = len(utilities) / sum(1 / rates[u] for u in utilities)
+            print(row("all (suite average)", total, average))
             baseline_utility = "gather_state_dict" if "gather_state_dict" in first else utilities[0]
             fresh = fresh_world_seconds(harness, first[baseline_utility][: args.fresh])
             goal = GOALS.get(size)
@@ -243,7 +268,7 @@ def main() -> None:
                 f"spawn per case ({baseline_utility}, median of {min(args.fresh, len(first[baseline_utility]))}):"
                 f" {fresh * 1e3:.0f} ms/case = {1 / fresh:.2f} cases/s"
             )
-            for name, rate in ((baseline_utility, rates[baseline_utility]), ("suite average", total.rate)):
+            for name, rate in ((baseline_utility, rates[baseline_utility]), ("suite average", average)):
                 verdict = (
                     ""
                     if goal is None

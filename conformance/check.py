@@ -3,6 +3,7 @@ optionally run it on a baseline target too and compare the two outcomes."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,7 +16,7 @@ from conformance.observation import ANY, Outcome, RaisedObs, ValueObs
 from conformance.runner import run_case
 from conformance.scopes import leaf_info
 from conformance.utilities import expected_outcomes, result_root
-from conformance.world import JobFailed, JobRunner
+from conformance.world import JobFailed, JobRunner, PendingJob
 
 MAX_DIFFS_PER_RANK = 5
 
@@ -176,13 +177,36 @@ def observe_case(world: JobRunner, case: Case, target: str, abort_on_fault: bool
     """Every rank's observed outcome; a blocked rank (and, unless ``abort_on_fault``, a hang or
     a dead rank) becomes a RaisedObs. With ``abort_on_fault`` a hang or a dead rank raises
     :class:`CaseAborted`."""
+    return observed_outcomes(world.submit(run_case, case, target), world.size, case, target, abort_on_fault)
+
+
+def observed_and_expected(
+    world: JobRunner, case: Case, target: str, abort_on_fault: bool = False
+) -> tuple[list[Outcome], list[Outcome]]:
+    """:func:`observe_case` and the oracle's expected outcomes, the oracle computed while the
+    ranks run the case (it needs nothing they observe)."""
+    pending = world.submit(run_case, case, target)
     try:
-        return world.run(run_case, case, target)
+        expected = expected_outcomes(case)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            pending.result()  # collected, so that the world takes the next job
+        raise
+    return observed_outcomes(pending, world.size, case, target, abort_on_fault), expected
+
+
+def observed_outcomes(
+    pending: PendingJob, size: int, case: Case, target: str, abort_on_fault: bool = False
+) -> list[Outcome]:
+    """The outcomes of a submitted :func:`~conformance.runner.run_case` job (see
+    :func:`observe_case`)."""
+    try:
+        return pending.result()
     except JobFailed as exc:
         if abort_on_fault and exc.kind in ("hang", "crash"):
             raise CaseAborted(fault_report(case, target, exc), exc.kind, case_json(case, target)) from None
         outcomes = []
-        for rank in range(world.size):
+        for rank in range(size):
             if rank in exc.results:
                 outcomes.append(exc.results[rank])
                 continue
@@ -229,7 +253,8 @@ def check_case(
         diffs = located(case, law_differences(world, case, target, abort_on_fault))
         report = _excuse(CaseReport(case, target, diffs), divergences, count)
     else:
-        report = judge(case, target, observe_case(world, case, target, abort_on_fault), divergences, count)
+        observed, expected = observed_and_expected(world, case, target, abort_on_fault)
+        report = judge(case, target, observed, divergences, count, expected)
     if abort_on_fault and abort_blocked:
         _abort_if_blocked(report)
     return report
@@ -270,10 +295,13 @@ def judge(
     observed: list[Outcome],
     divergences: Divergences | None = None,
     count: bool = True,
+    expected: list[Outcome] | None = None,
 ) -> CaseReport:
     """The report on every rank's observed outcome of ``case`` (not a law's): the oracle's
-    differences, less those the known ``divergences`` excuse."""
-    report = CaseReport(case, target, located(case, oracle_differences(case, observed)), observed=observed)
+    differences (from ``expected``, the oracle's outcomes, where already computed), less those
+    the known ``divergences`` excuse."""
+    diffs = oracle_differences(case, observed, expected=expected)
+    report = CaseReport(case, target, located(case, diffs), observed=observed)
     report = _excuse(report, divergences, count)
     if divergences is not None and report.excused:
         rejudged, found = _judged_as_if(case, observed, report.excused, divergences, count)
@@ -294,10 +322,14 @@ def _excuse(report: CaseReport, divergences: Divergences | None, count: bool) ->
 
 
 def oracle_differences(
-    case: Case, observed: list[Outcome], expected_case: Case | None = None
+    case: Case,
+    observed: list[Outcome],
+    expected_case: Case | None = None,
+    expected: list[Outcome] | None = None,
 ) -> list[Difference]:
-    """Every rank's differences from what the oracle expects for ``expected_case`` (``case``)."""
-    expected = expected_outcomes(expected_case or case)
+    """Every rank's differences from what the oracle expects for ``expected_case`` (``case``;
+    ``expected``: the oracle's outcomes for it, where already computed)."""
+    expected = expected if expected is not None else expected_outcomes(expected_case or case)
     root = result_root(case)
     return [d for r in range(case.world_size) for d in compare_outcomes(expected[r], observed[r], r, root)]
 

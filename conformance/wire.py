@@ -1,9 +1,11 @@
-"""How a rank's reply travels to the driver: pickled, with the tensors pickle cannot carry.
+"""How a rank's reply travels to the driver: pickled, tensors compactly.
 
-torch 2.13 pickles a tensor through its legacy storage format, which has no uint16, uint32,
-uint64 or float8 storage: the bytes are written but the driver cannot load them.
-:func:`dumps` sends such a tensor as its same-width integer view and rebuilds it (same
-shape, strides, bits) on load.
+A contiguous CPU tensor that needs no grad (what observations hold) travels as its raw bytes,
+dtype and shape, and is rebuilt with the same bits: torch's own pickling goes through a nested
+storage pickle per tensor, which costs more than the rest of an observation. Any other tensor
+is pickled by torch, except that torch 2.13's legacy storage format has no uint16, uint32,
+uint64 or float8 storage (the bytes are written but the driver cannot load them): such a
+tensor is sent as its same-width integer view and rebuilt (same shape, strides, bits).
 """
 
 from __future__ import annotations
@@ -33,8 +35,27 @@ def _unsigned(signed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return signed.view(dtype)
 
 
+def _from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _compact(obj: torch.Tensor) -> bool:
+    return (
+        obj.device.type == "cpu"
+        and not obj.requires_grad
+        and obj.is_contiguous()
+        and not obj.is_conj()
+        and not obj.is_neg()
+    )
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is torch.Tensor and _compact(obj):
+            raw = obj.reshape(-1).view(torch.uint8).numpy().tobytes() if obj.numel() else b""
+            return _from_bytes, (raw, obj.dtype, tuple(obj.shape))
         if type(obj) is torch.Tensor and obj.dtype in _SIGNED_TWIN:
             return _unsigned, (obj.detach().view(_SIGNED_TWIN[obj.dtype]), obj.dtype)
         return NotImplemented

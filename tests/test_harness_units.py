@@ -228,7 +228,10 @@ def test_ranks_that_never_answered_a_crashed_job_are_reported_not_a_harness_keye
     class CrashedWorld:
         size = 3
 
-        def run(self, *args):
+        def submit(self, *args):
+            return self
+
+        def result(self):
             raise JobFailed("crash", {1: RankFailure("RankDied", "killed by SIGABRT")}, results={2: answered})
 
     case = Case("flatten_state_dict", 3, 0, DictSpec((("w", TensorSpec((2,), "float32")),)))
