@@ -485,12 +485,25 @@ def _other_shape(tensor: TensorSpec) -> TensorSpec:
 
 
 def _law(utility_cases: Callable[[Sequence[int]], st.SearchStrategy[Case]], law: str) -> Callable:
+    """A law's cases: its utility's, each tree the same on every rank (a law calls collective
+    utilities, whose precondition that is: CONTRACT *Collective*)."""
+
     def cases(world_sizes: Sequence[int]) -> st.SearchStrategy[Case]:
         return utility_cases(world_sizes).map(
-            lambda c: Case(f"law:{law}", c.world_size, c.seed, c.state_dict, c.other)
+            lambda c: Case(f"law:{law}", c.world_size, c.seed, on_every_rank(c.state_dict), c.other)
         )
 
     return cases
+
+
+def on_every_rank(spec: Spec) -> Spec:
+    """``spec`` with each unsupported leaf held by every rank (see :func:`on_one_rank`)."""
+    one_rank = {
+        p: replace(leaf, ranks=())
+        for p, leaf in iter_leaves(spec)
+        if isinstance(leaf, UnsupportedSpec) and leaf.ranks
+    }
+    return replace_leaves(spec, one_rank) if one_rank else spec
 
 
 LAW_CASES: dict[str, Callable[[Sequence[int]], st.SearchStrategy[Case]]] = {

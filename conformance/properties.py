@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, seed, settings
 from hypothesis import strategies as st
 
 from conformance import mesh_examples
@@ -16,6 +16,7 @@ from conformance.check import CaseFailure
 from conformance.harness import Harness, active_config, out_of_time
 from conformance.utilities import case_strategy
 from strategies.spec import DictSpec, UnsupportedSpec
+from strategies.stable import docstring_free_seed
 
 
 def cases_for(utility: str, **fixed: Any) -> st.SearchStrategy[Case]:
@@ -35,7 +36,8 @@ def property_of(
 ) -> Callable[[Callable], Callable]:
     """Decorate a suite test: it runs the 2x2 mesh cases of ``utility``
     (:mod:`conformance.mesh_examples`) first, then Hypothesis' drawn cases; ``fixed`` keyword
-    arguments are forced and ``transform`` applied to both."""
+    arguments are forced and ``transform`` applied to both. A derandomized profile (ci) draws
+    the cases Hypothesis would draw for the test without its docstring."""
 
     def prepare(case: Case) -> Case:
         case = case.with_kwargs(**fixed) if fixed else case
@@ -43,7 +45,11 @@ def property_of(
 
     def decorate(test: Callable) -> Callable:
         strategy = cases_for(utility, **fixed)
+        derandomized = settings.default.derandomize  # the profile is loaded before the suite
+        fixed_seed = docstring_free_seed(test) if derandomized else None
         test = given(case=strategy.map(transform) if transform else strategy)(test)
+        if fixed_seed is not None:
+            test = seed(fixed_seed)(test)
         for case in mesh_examples.examples(utility):
             test = example(case=prepare(case))(test)
         return test

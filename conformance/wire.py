@@ -54,7 +54,10 @@ def _compact(obj: torch.Tensor) -> bool:
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is torch.Tensor and _compact(obj):
-            raw = obj.reshape(-1).view(torch.uint8).numpy().tobytes() if obj.numel() else b""
+            # contiguous: the elements lie in order from the storage offset (a size-1 dim may
+            # have any stride, so reshape(-1) need not give stride 1)
+            flat = torch.as_strided(obj, (obj.numel(),), (1,), obj.storage_offset())
+            raw = flat.view(torch.uint8).numpy().tobytes() if obj.numel() else b""
             return _from_bytes, (raw, obj.dtype, tuple(obj.shape))
         if type(obj) is torch.Tensor and obj.dtype in _SIGNED_TWIN:
             return _unsigned, (obj.detach().view(_SIGNED_TWIN[obj.dtype]), obj.dtype)

@@ -63,6 +63,16 @@ def test_special_floats_keep_their_bits_and_other_layouts_keep_their_strides() -
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int32, torch.complex64], ids=str)
+def test_a_contiguous_tensor_with_odd_strides_on_size_one_dims_arrives(dtype) -> None:
+    """Contiguous, yet ``reshape(-1)`` keeps a stride other than 1 (a size-1 dim's stride is free)."""
+    base = torch.arange(12).to(dtype)
+    for sent in (base[2:3].as_strided((1,), (2,)), base.as_strided((3, 1), (1, 5), 4), base[5:5]):
+        assert sent.is_contiguous()
+        got = pickle.loads(wire.dumps(sent))
+        assert got.shape == sent.shape and torch.equal(got, sent)
+
+
 def test_an_arriving_tensor_owns_its_memory() -> None:
     got = pickle.loads(wire.dumps(torch.zeros(3)))
     got += 1  # writable, not a view of a read-only buffer
