@@ -23,7 +23,7 @@ from conformance.case import Case
 from conformance.check import check_case
 from conformance.divergences import Divergences
 from conformance.properties import with_unsupported_leaf
-from conformance.utilities import UTILITY
+from conformance.utilities import TABLE
 from conformance.world import World
 
 
@@ -92,6 +92,11 @@ def fork_worlds(bugs: Iterable[PlantedBug], where: Path) -> Iterator[Callable[[i
 
 
 _CASES: dict[tuple, list[Case]] = {}
+#: Each utility's case strategy. Hypothesis seeds a derandomized nested function from its
+#: source *with* its decorators (it cannot parse an indented function to drop them), so the
+#: ``@given`` lines below keep their text, and the planted bugs their cases.
+CASES = {utility.name: utility.cases for utility in TABLE}
+
 EXAMPLES = 80  # cases drawn per (utility, keyword arguments), at most; the bug must show among them
 
 
@@ -112,7 +117,7 @@ def drawn_cases(bug: PlantedBug) -> list[Case]:
             phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=UTILITY[bug.utility].cases((2,)))
+        @given(case=CASES[bug.utility]((2,)))
         def collect(case: Case) -> None:
             case = case.with_kwargs(**dict(bug.kwargs))
             found.append(with_unsupported_leaf(case) if bug.unsupported else case)
@@ -142,7 +147,7 @@ def _draw_on(bug: PlantedBug, found: list[Case]) -> None:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=UTILITY[bug.utility].cases(bug.world_sizes))
+    @given(case=CASES[bug.utility](bug.world_sizes))
     def collect(case: Case) -> None:
         case = case.with_kwargs(**dict(bug.kwargs))
         found.append(with_unsupported_leaf(case) if bug.unsupported else case)
