@@ -4,7 +4,7 @@ optionally run it on a baseline target too and compare the two outcomes."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -180,19 +180,23 @@ def observe_case(world: JobRunner, case: Case, target: str, abort_on_fault: bool
     return observed_outcomes(world.submit(run_case, case, target), world.size, case, target, abort_on_fault)
 
 
-def observed_and_expected(
-    world: JobRunner, case: Case, target: str, abort_on_fault: bool = False
-) -> tuple[list[Outcome], list[Outcome]]:
-    """:func:`observe_case` and the oracle's expected outcomes, the oracle computed while the
-    ranks run the case (it needs nothing they observe)."""
-    pending = world.submit(run_case, case, target)
-    try:
-        expected = expected_outcomes(case)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            pending.result()  # collected, so that the world takes the next job
-        raise
-    return observed_outcomes(pending, world.size, case, target, abort_on_fault), expected
+class SubmittedCase:
+    """A case submitted to the world, with the oracle's expected outcomes (``expected``)
+    computed while the ranks run it: the oracle needs nothing they observe."""
+
+    def __init__(self, world: JobRunner, case: Case, target: str) -> None:
+        self.case, self.target, self.size = case, target, world.size
+        self.pending = world.submit(run_case, case, target)
+        try:
+            self.expected = expected_outcomes(case)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.pending.result()  # collected, so that the world takes the next job
+            raise
+
+    def observed(self, abort_on_fault: bool = False) -> list[Outcome]:
+        """The ranks' outcomes, as :func:`observe_case` gives them."""
+        return observed_outcomes(self.pending, self.size, self.case, self.target, abort_on_fault)
 
 
 def observed_outcomes(
@@ -223,7 +227,35 @@ def observed_outcomes(
         return outcomes
 
 
-def check_case(
+class CaseCheck:
+    """A case being checked (:func:`start_case`): :meth:`report` collects what is still running,
+    judges it and returns the report; it may be asked once."""
+
+    def __init__(self, finish: Callable[[], CaseReport], abort_blocked: bool) -> None:
+        self._finish: Callable[[], CaseReport] | None = finish
+        self._abort_blocked = abort_blocked
+
+    @classmethod
+    def judged(cls, report: CaseReport, abort_blocked: bool) -> CaseCheck:
+        """A check whose case has already run and been judged."""
+        return cls(lambda: report, abort_blocked)
+
+    def report(self) -> CaseReport:
+        if self._finish is None:
+            raise RuntimeError("this case check has already been reported")
+        finish, self._finish = self._finish, None
+        report = finish()
+        if self._abort_blocked:
+            _abort_if_blocked(report)
+        return report
+
+
+def check_case(world: JobRunner, case: Case, target: str, *args: Any, **kwargs: Any) -> CaseReport:
+    """:func:`start_case` (same arguments), waited for: the case's report."""
+    return start_case(world, case, target, *args, **kwargs).report()
+
+
+def start_case(
     world: JobRunner,
     case: Case,
     target: str,
@@ -233,11 +265,16 @@ def check_case(
     *,
     baseline: str | None = None,
     abort_blocked: bool = True,
-) -> CaseReport:
-    """Run ``case`` and compare every rank with the oracle (or, for a ``law:`` case, the law's
-    two sides with each other); known divergences excuse only the differences they match.
-    With ``abort_on_fault`` a hang or a dead rank raises :class:`CaseAborted`, and so does
-    (unless not ``abort_blocked``) an unexcused difference that left ranks blocked.
+) -> CaseCheck:
+    """Start checking ``case``: submit it, compute the oracle while the ranks run it, and return
+    at once; the check's ``report()`` collects and judges (:func:`check_case` does both). A law
+    case, or a case checked against a baseline, runs more than one job: it is run and judged
+    before this returns.
+
+    Every rank is compared with the oracle (for a ``law:`` case, the law's two sides with each
+    other); known divergences excuse only the differences they match. With ``abort_on_fault``
+    a hang or a dead rank raises :class:`CaseAborted`, and so does (unless not
+    ``abort_blocked``) an unexcused difference that left ranks blocked.
 
     With a ``baseline`` target, ``case`` also runs there in the same world: ``changes`` are
     where the target's outcome differs from the baseline's, exactly and rank by rank; the
@@ -245,19 +282,21 @@ def check_case(
     ``shared``. (A law case has no single outcome to compare: its differences are split so,
     and a law difference the baseline lacks stays in ``diffs``.) Ranks left blocked abort the
     case (with ``abort_on_fault``) only where the baseline's were not."""
+    abort = abort_on_fault and abort_blocked
     if baseline is not None:
         report = check_case(world, case, target, divergences, count, abort_on_fault, abort_blocked=False)
         theirs = check_case(world, case, baseline, None, count, abort_on_fault, abort_blocked=False)
-        report = _against_baseline(report, theirs, baseline)
-    elif case.utility.startswith(LAW_PREFIX):
+        return CaseCheck.judged(_against_baseline(report, theirs, baseline), abort)
+    if case.utility.startswith(LAW_PREFIX):
         diffs = located(case, law_differences(world, case, target, abort_on_fault))
-        report = _excuse(CaseReport(case, target, diffs), divergences, count)
-    else:
-        observed, expected = observed_and_expected(world, case, target, abort_on_fault)
-        report = judge(case, target, observed, divergences, count, expected)
-    if abort_on_fault and abort_blocked:
-        _abort_if_blocked(report)
-    return report
+        return CaseCheck.judged(_excuse(CaseReport(case, target, diffs), divergences, count), abort)
+    submitted = SubmittedCase(world, case, target)
+    return CaseCheck(
+        lambda: judge(
+            case, target, submitted.observed(abort_on_fault), divergences, count, submitted.expected
+        ),
+        abort,
+    )
 
 
 def _abort_if_blocked(report: CaseReport) -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from conformance.case import Case
 from conformance.check import (
     CaseAborted,
+    CaseCheck,
     CaseReport,
     case_json,
-    check_case,
     observe_case,
+    start_case,
 )
 from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
 from conformance.targets import Target, load_target
@@ -172,6 +175,7 @@ class Harness:
         self.faults: dict[str, str] = {}  # utility -> its first hang or dead rank in this run
         self.baseline: Target | None = load_target(config.baseline) if config.baseline else None
         self.shared_by_utility: dict[str, int] = {}  # cases with differences the baseline shares
+        self.look_ahead: Any = None  # the look-ahead pass running, if any (conformance.look_ahead)
 
     def world(self, size: int) -> JobRunner:
         """The world of ``size`` ranks for this run's launcher: a cached spawned world, or the
@@ -222,7 +226,15 @@ class Harness:
         """Judge one case; with ``excuse`` the known divergences excuse what they match (and,
         with ``count``, the differences they excuse count as this run's hits); with
         ``against_baseline`` and a configured baseline that has every utility the case needs,
-        also run it there (``check_case``'s ``baseline``)."""
+        also run it there (``start_case``'s ``baseline``)."""
+        return self.start(case, excuse, count, against_baseline).report()
+
+    def start(
+        self, case: Case, excuse: bool = True, count: bool = True, against_baseline: bool = True
+    ) -> CaseCheck:
+        """:meth:`check` in two steps (:func:`~conformance.check.start_case`): the case is
+        submitted and the oracle computed; ``report()`` collects and judges. A hang or a dead
+        rank (:class:`CaseAborted`) is remembered for the case's utility either way."""
         if case.utility in self.faults:
             # One hang or dead rank per utility is enough: later properties fail at once.
             raise CaseAborted(
@@ -234,15 +246,25 @@ class Harness:
         divergences = self.divergences if excuse else None
         world, target = self.world(case.world_size), self.config.target
         abort = not self.config.shrink_hangs
+        baseline = None
+        if self.config.baseline and against_baseline and not self.baseline_lacks(case.utility):
+            baseline = self.config.baseline
+        with self._remembering_faults(case):
+            started = start_case(world, case, target, divergences, count, abort, baseline=baseline)
+        return CaseCheck(lambda: self._report_of(started, case), abort_blocked=False)
+
+    def _report_of(self, started: CaseCheck, case: Case) -> CaseReport:
+        with self._remembering_faults(case):
+            report = started.report()
+        if report.shared:
+            self.shared_by_utility[case.utility] = self.shared_by_utility.get(case.utility, 0) + 1
+        return report
+
+    @contextlib.contextmanager
+    def _remembering_faults(self, case: Case) -> Iterator[None]:
+        """Remember a hang or a dead rank of ``case`` for its utility (see :meth:`start`)."""
         try:
-            if self.config.baseline and against_baseline and not self.baseline_lacks(case.utility):
-                report = check_case(
-                    world, case, target, divergences, count, abort, baseline=self.config.baseline
-                )
-                if report.shared:
-                    self.shared_by_utility[case.utility] = self.shared_by_utility.get(case.utility, 0) + 1
-                return report
-            return check_case(world, case, target, divergences, count, abort_on_fault=abort)
+            yield
         except CaseAborted as exc:
             if exc.kind in ("hang", "crash"):
                 first = str(exc).splitlines()[0]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +15,7 @@ from conformance import mesh_examples
 from conformance.case import Case
 from conformance.check import CaseFailure
 from conformance.harness import Harness, active_config, out_of_time
+from conformance.look_ahead import LookAheadStopped, run_looking_ahead
 from conformance.utilities import case_strategy
 from strategies.spec import DictSpec, UnsupportedSpec
 from strategies.stable import docstring_free_seed
@@ -37,7 +39,8 @@ def property_of(
     """Decorate a suite test: it runs the 2x2 mesh cases of ``utility``
     (:mod:`conformance.mesh_examples`) first, then Hypothesis' drawn cases; ``fixed`` keyword
     arguments are forced and ``transform`` applied to both. A derandomized profile (ci) draws
-    the cases Hypothesis would draw for the test without its docstring."""
+    the cases Hypothesis would draw for the test without its docstring, looking ahead
+    (:func:`hypothesis_property`)."""
 
     def prepare(case: Case) -> Case:
         case = case.with_kwargs(**fixed) if fixed else case
@@ -46,15 +49,63 @@ def property_of(
     def decorate(test: Callable) -> Callable:
         strategy = cases_for(utility, **fixed)
         derandomized = settings.default.derandomize  # the profile is loaded before the suite
-        fixed_seed = docstring_free_seed(test) if derandomized else None
-        test = given(case=strategy.map(transform) if transform else strategy)(test)
-        if fixed_seed is not None:
-            test = seed(fixed_seed)(test)
-        for case in mesh_examples.examples(utility):
-            test = example(case=prepare(case))(test)
-        return test
+        return hypothesis_property(
+            test,
+            strategy.map(transform) if transform else strategy,
+            examples=[prepare(case) for case in mesh_examples.examples(utility)],
+            fixed_seed=docstring_free_seed(test) if derandomized else None,
+        )
 
     return decorate
+
+
+def hypothesis_property(
+    test: Callable,
+    cases: st.SearchStrategy[Case],
+    examples: Sequence[Case] = (),
+    fixed_seed: int | None = None,
+    with_settings: settings | None = None,
+) -> Callable:
+    """``test(harness, case)`` as a Hypothesis test of ``cases``, the explicit ``examples``
+    first (under ``with_settings``, else the loaded profile). With a ``fixed_seed`` its draws
+    come from that seed and it runs looking ahead (:mod:`conformance.look_ahead`): the next
+    case is drawn while the ranks run this one, and only a property with a failing case runs a
+    second, plain time."""
+
+    def hypothesis_test(body: Callable) -> Callable:
+        wrapped = given(case=cases)(body)
+        if with_settings is not None:
+            wrapped = with_settings(wrapped)
+        if fixed_seed is not None:
+            wrapped = seed(fixed_seed)(wrapped)
+        for case in examples:
+            wrapped = example(case=case)(wrapped)
+        return wrapped
+
+    plain = hypothesis_test(test)
+    if fixed_seed is None:
+        return plain
+    ahead = hypothesis_test(_stopping_at_failure(test))
+
+    @functools.wraps(plain)
+    def looking_ahead(*args: Any, **kwargs: Any) -> None:
+        __tracebackhide__ = True
+        run_looking_ahead(kwargs["harness"], lambda: ahead(*args, **kwargs), lambda: plain(*args, **kwargs))
+
+    return looking_ahead
+
+
+def _stopping_at_failure(test: Callable) -> Callable:
+    """``test`` for a look-ahead pass: any failure stops the pass (Hypothesis does not see it)."""
+
+    @functools.wraps(test)
+    def stopping(*args: Any, **kwargs: Any) -> None:
+        try:
+            test(*args, **kwargs)
+        except (Exception, pytest.fail.Exception) as exc:
+            raise LookAheadStopped(f"{type(exc).__name__}: {exc}") from exc
+
+    return stopping
 
 
 def with_unsupported_leaf(case: Case) -> Case:
@@ -75,6 +126,9 @@ def assert_conforms(harness: Harness, case: Case) -> None:
         return  # an explicit 2x2 example in a run on other world sizes: nothing to check
     if out_of_time():
         pytest.skip(TIME_LIMIT_REACHED)
+    if harness.look_ahead is not None:
+        harness.look_ahead.push(case)  # judged when the next case arrives
+        return
     report = harness.check(case)
     if not report.passed:
         raise CaseFailure(report)

@@ -11,7 +11,7 @@ Settings come from options or environment variables (option wins):
 (utilities), ``--sdc-strict`` / ``SDC_STRICT`` (stale known divergences fail the run),
 ``--sdc-shrink-hangs`` / ``SDC_SHRINK_HANGS``, ``--sdc-time-limit`` / ``SDC_TIME_LIMIT``
 (seconds for the whole run), ``--sdc-baseline`` / ``SDC_BASELINE`` (every case also runs on
-this target; see ``check_case``). Older names: ``--target``, ``--expected``,
+this target; see ``start_case``). Older names: ``--target``, ``--expected``,
 ``--world-sizes``, ``--backend``, ``--case-timeout``, ``--max-examples``, ``--placement``,
 ``--only``, ``--shrink-hangs``, ``--time-limit``.
 

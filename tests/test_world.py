@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conformance.world import JobFailed, World, WorldUnavailable, context
+from conformance.world.context import health_check
 
 # ---------------------------------------------------------------- jobs (run on every rank)
 
@@ -103,6 +104,31 @@ def mesh_identity(shape: tuple[int, ...]) -> tuple[int, int]:
     first = ctx.mesh(shape)
     again = ctx.mesh(shape)
     return id(first) == id(again), first.ndim
+
+
+def use_meshes(*shapes: tuple[int, ...], on: int | None = None) -> None:
+    """Ask for the meshes of ``shapes`` (on rank ``on`` only, when given)."""
+    if on is None or context().rank == on:
+        for shape in shapes:
+            context().mesh(shape)
+
+
+def use_group(ranks: tuple[int, ...], on: int | None = None) -> None:
+    """Ask for the subgroup over ``ranks`` (built on every rank; asked on rank ``on`` only)."""
+    if on is None or context().rank == on:
+        context().group(ranks)
+
+
+def leave_group_out_of_step(ranks: tuple[int, ...], rank: int) -> object:
+    """``rank`` starts an all_reduce on the subgroup over ``ranks`` that no other rank joins,
+    and returns saying so; the others do nothing."""
+    import torch
+    import torch.distributed as dist
+
+    if context().rank == rank:
+        dist.all_reduce(torch.ones(1), group=context().group(ranks), async_op=True)
+        return EarlyReturn()
+    return None
 
 
 def unpicklable_result() -> object:
@@ -243,6 +269,17 @@ def test_submit_returns_at_once_and_result_collects(world_factory):
     assert world.run(rank_and_size) == [(0, 2), (1, 2)]
 
 
+def test_a_job_collected_after_its_deadline_is_not_a_hang():
+    """The driver may be busy (drawing the next case) well past a job's deadline before it
+    collects: answers that arrived meanwhile are results, not a hang."""
+    with World(2, job_timeout=1.0) as world:
+        world.run(rank_and_size)
+        time.sleep(1.0)  # the ranks settle: idle, they look neither busy nor slow
+        pending = world.submit(rank_and_size)
+        time.sleep(4.0)  # the ranks answer at once; the driver looks four deadlines later
+        assert pending.result() == [(0, 2), (1, 2)]
+
+
 def test_a_submitted_job_that_fails_raises_from_result(world_factory):
     world = world_factory(2)
     pending = world.submit(raise_on, 0)
@@ -250,6 +287,44 @@ def test_a_submitted_job_that_fails_raises_from_result(world_factory):
         pending.result()
     assert info.value.kind == "error" and list(info.value.failures) == [0]
     assert world.run(rank_and_size) == [(0, 2), (1, 2)]  # after the health check
+
+
+def test_a_health_check_probes_the_groups_used_since_the_last_one(fresh_world, world_factory):
+    """The default group always; then each group of more than one rank that any rank asked for
+    (a subgroup, a mesh's dimension group) since the last check, the same on every rank.
+    Mesh dimensions over the whole world are the default group."""
+    fresh_world.run(use_meshes, (1, 2), (2, 1), (2,))
+    fresh_world.run(use_group, (0, 1))  # built on every rank
+    fresh_world.run(health_check)  # whatever was used so far is checked now
+    assert fresh_world.run(health_check) == [["world"]] * 2
+    fresh_world.run(use_group, (0, 1), on=1)
+    assert fresh_world.run(health_check) == [["world", "group (0, 1)"]] * 2
+    fresh_world.run(use_meshes, (1, 2), (2, 1), (2,), on=0)
+    assert fresh_world.run(health_check) == [["world"]] * 2
+    four = world_factory(4)
+    four.run(use_meshes, (2, 2), (4,))
+    four.run(health_check)
+    four.run(use_meshes, (2, 2), (4,), on=3)
+    assert four.run(health_check) == [["world", "mesh (2, 2) dim 0", "mesh (2, 2) dim 1"]] * 4
+
+
+def test_ranks_that_hold_different_meshes_fail_the_health_check(fresh_world):
+    """A 1-D mesh over the world needs no new group, so one rank can build it alone: the health
+    check says so instead of probing different groups on different ranks."""
+    fresh_world.run(use_meshes, (2,), on=1)
+    with pytest.raises(JobFailed, match="the ranks hold different meshes or groups"):
+        fresh_world.run(health_check)
+
+
+def test_a_group_left_out_of_step_fails_the_health_check(fresh_world):
+    """Rank 0 leaves an all_reduce pending on a subgroup rank 1 did not touch in that job: the
+    next job's health check finds it (it hangs there) and the world restarts."""
+    fresh_world.run(use_group, (0, 1))
+    fresh_world.run(health_check)
+    fresh_world.run(leave_group_out_of_step, (0, 1), 0)
+    restarts = fresh_world.restarts
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
+    assert fresh_world.restarts == restarts + 1
 
 
 def test_unpicklable_result_is_that_ranks_failure(world_factory):

@@ -290,9 +290,11 @@ class World(JobDriver):
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
         while waiting:
             remaining = clock.remaining(waiting.values())
-            if remaining <= 0:
+            # past the deadline, one last look: replies that came while the driver was busy
+            # elsewhere (drawing the next case, say) count, however late it collects them
+            ready = connection.wait([*waiting, *sentinels], max(remaining, 0.0))
+            if remaining <= 0 and not any(obj in waiting for obj in ready):
                 return
-            ready = connection.wait([*waiting, *sentinels], remaining)
             for obj in ready:
                 if obj in waiting:
                     rank = waiting.pop(obj)

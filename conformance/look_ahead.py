@@ -1,0 +1,123 @@
+"""Look-ahead: a derandomized property's next case is drawn while the ranks run this one.
+
+Hypothesis draws a case, calls the property, and draws the next case only once the call has
+returned its verdict; drawing and the ranks' work would take turns. But a derandomized run
+draws the same cases every time as long as each call passes: what Hypothesis draws next depends
+only on its seed, its settings and the verdicts it has seen. So a derandomized property runs in
+two passes at most:
+
+1. The look-ahead pass (:func:`run_looking_ahead`'s ``ahead``): each call submits its case to
+   the world (:meth:`Harness.start`, the oracle computed meanwhile) and returns at once; the
+   case's verdict is asked when the next case arrives, or when the pass ends. When every case
+   passes, the property has passed on exactly the cases a plain run draws, with the verdicts a
+   plain run gives them: that is the result.
+2. At the first case that does not pass (or whose check raises), the pass stops and the property
+   runs again as a plain Hypothesis test (``plain``): it draws the same cases, fails at the same
+   one and shrinks it exactly as always (the cases before it run twice). The counts of the
+   stopped pass (cases run, known divergences' hits) are dropped, so that they are counted once.
+
+A hang or a dead rank (:class:`CaseAborted`) ends either pass at once, as it ends a plain run;
+so does a skip at the run's time limit, once the case in flight has been judged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from conformance.case import Case
+from conformance.check import CaseAborted, CaseCheck, CaseFailure
+
+if TYPE_CHECKING:
+    from conformance.harness import Harness
+
+
+class LookAheadStopped(BaseException):
+    """A case of the look-ahead pass did not pass. A BaseException, so that Hypothesis does not
+    shrink in the pass (its verdicts arrive one case late): the plain run does that."""
+
+
+class LookAhead:
+    """The checks of one look-ahead pass: each case's verdict is asked when the next case
+    arrives (:meth:`push`) or at the end (:meth:`settle`)."""
+
+    def __init__(self, harness: Harness) -> None:
+        self._harness = harness
+        self._in_flight: CaseCheck | None = None
+
+    def push(self, case: Case) -> None:
+        """Judge the case in flight, then start ``case``; raises :class:`LookAheadStopped` where
+        the case in flight did not pass."""
+        self.settle()
+        self._in_flight = self._harness.start(case)
+
+    def settle(self) -> None:
+        """Judge the case in flight, if any (see :meth:`push`)."""
+        check, self._in_flight = self._in_flight, None
+        if check is None:
+            return
+        try:
+            passed = check.report().passed
+        except Exception as exc:
+            raise LookAheadStopped(f"a case's check raised {type(exc).__name__}: {exc}") from exc
+        if not passed:
+            raise LookAheadStopped("a case did not pass")
+
+    def discard(self) -> None:
+        """Collect the case in flight without a verdict (a plain run is to run it again)."""
+        check, self._in_flight = self._in_flight, None
+        if check is not None:
+            with contextlib.suppress(Exception, CaseAborted):
+                check.report()
+
+    def fail_if_in_flight_fails(self) -> None:
+        """Judge the case in flight, if any, and raise its :class:`CaseFailure` if it did not pass
+        (the pass is ending some other way: a skip at the time limit, an interrupt)."""
+        check, self._in_flight = self._in_flight, None
+        if check is None:
+            return
+        try:
+            report = check.report()
+        except (Exception, CaseAborted):
+            return
+        if not report.passed:
+            raise CaseFailure(report)
+
+
+def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callable[[], None]) -> None:
+    """Run a derandomized property: its look-ahead pass ``ahead`` (the property's Hypothesis
+    test, whose calls :func:`~conformance.properties.assert_conforms` makes :meth:`LookAhead.push`
+    while ``harness.look_ahead`` is set), and ``plain`` (the same test, drawing the same cases,
+    judging each in its own call) only where the pass stopped at a case that did not pass, or
+    Hypothesis raised in it. Any other exit of the pass (a skip, a hang, an interrupt) is the
+    property's, after the case in flight is judged."""
+    counts = _counts(harness)
+    look_ahead = harness.look_ahead = LookAhead(harness)
+    try:
+        ahead()
+        look_ahead.settle()
+        return
+    except (LookAheadStopped, Exception):
+        look_ahead.discard()
+    except BaseException:
+        look_ahead.fail_if_in_flight_fails()
+        raise
+    finally:
+        harness.look_ahead = None
+    _restore(harness, counts)
+    plain()
+
+
+def _counts(harness: Harness) -> tuple[dict[str, int], ...]:
+    """What a run counts: cases per utility, known divergences' hits, cases the baseline shares."""
+    return copy.deepcopy((harness.cases_by_utility, harness.divergences.hits, harness.shared_by_utility))
+
+
+def _restore(harness: Harness, counts: tuple[dict[str, int], ...]) -> None:
+    for now, before in zip(
+        (harness.cases_by_utility, harness.divergences.hits, harness.shared_by_utility), counts, strict=True
+    ):
+        now.clear()
+        now.update(before)
