@@ -28,6 +28,7 @@ from strategies.spec import (
     UnsupportedSpec,
     ValueSpec,
     chunk_bounds,
+    contiguous_stride,
     format_path,
     iter_leaves,
     namedtuple_type,
@@ -125,6 +126,10 @@ class Builder:
         value = self._build(spec, ())
         return Materialised(value, self.storages, self.keepalive)
 
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on the rank's device (a CPU tensor is already there: no ``.to`` call)."""
+        return tensor.to(self.device) if self.device.type != "cpu" else tensor
+
     def _remember(self, tensor: torch.Tensor, path: Path) -> None:
         # Inputs stay alive until the outcome is observed: a freed input's address could be
         # reused by an output and pass for aliasing.
@@ -146,7 +151,7 @@ class Builder:
         if isinstance(spec, TensorSpec):
             footprint = self._footprints.get(storage_key(spec, path))
             tensor = make_plain_tensor(spec, self.seed, path, self.rank, self._buffers, footprint)
-            tensor = tensor.to(self.device) if self.device.type != "cpu" else tensor
+            tensor = self._on_device(tensor)
             self._remember(tensor, path)
             return tensor
         if isinstance(spec, DTensorSpec):
@@ -166,7 +171,7 @@ class Builder:
 
         coord = coordinate_of(self.rank, spec.mesh_shape)
         local = dtensor_locals(spec, self.seed, path)[coord].clone(memory_format=torch.contiguous_format)
-        local = local.to(self.device)
+        local = self._on_device(local)
         if self.meta_dtensors:
             local = local.to("meta")
         self._remember(local, path)
@@ -177,7 +182,7 @@ class Builder:
             to_torch_placements(spec.placements),
             run_check=False,
             shape=full_shape,
-            stride=torch.empty(full_shape, device="meta").stride(),
+            stride=contiguous_stride(tuple(full_shape)),
         )
 
     def _sharded(self, spec: ShardedTensorSpec, path: Path) -> Any:
@@ -200,7 +205,7 @@ class Builder:
             metadata.append(meta)
             if owner == self.rank:
                 data = full.narrow(spec.dim, start, length).clone(memory_format=torch.contiguous_format)
-                data = data.to(self.device)
+                data = self._on_device(data)
                 self._remember(data, path)
                 local_shards.append(Shard(data, meta))
         global_meta = ShardedTensorMetadata(

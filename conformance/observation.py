@@ -293,6 +293,7 @@ def shard_layout(value: Any) -> tuple[tuple, ...]:
 
 def describe_placement_spec(spec: Any) -> str:
     """The text :func:`describe_placement` gives for the torch placement of a PlacementSpec."""
-    from strategies.placements import get_placement_model
+    from strategies.placements import to_torch_placements
 
-    return describe_placement(get_placement_model(spec.kind).to_torch(spec))
+    (placement,) = to_torch_placements((spec,))
+    return describe_placement(placement)

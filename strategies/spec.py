@@ -207,6 +207,15 @@ def layout_footprint(shape: tuple[int, ...], layout: str) -> int:
     return {"strided": 2 * n, "offset_view": n + 1}.get(layout, n)
 
 
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The stride torch gives a new contiguous tensor of ``shape`` (a side of 0 steps as 1)."""
+    stride, step = [], 1
+    for side in reversed(shape):
+        stride.append(step)
+        step *= max(side, 1)
+    return tuple(reversed(stride))
+
+
 def namedtuple_type(size: int) -> type:
     """The namedtuple class a ``SeqSpec(kind="namedtuple")`` of ``size`` items uses."""
     return _NAMEDTUPLES.setdefault(size, _make_namedtuple(size))

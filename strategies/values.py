@@ -34,7 +34,7 @@ def _values(numel: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     if dtype.is_floating_point and dtype.itemsize == 1:
         return _float8_values(numel, dtype, gen)
     if dtype.is_floating_point or dtype.is_complex:
-        real_dtype = torch.empty(0, dtype=dtype).real.dtype
+        real_dtype = dtype.to_real()
         offset = int(torch.randint(255, (), generator=gen))
         # Magnitudes below 128 keep bf16/fp16 values and small sums of them exact.
         values = ((perm + offset) % 255 - 127).to(torch.float64)
@@ -123,10 +123,16 @@ def make_plain_tensor(
     key = storage_key(spec, path)
     storages = {} if storages is None else storages
     if key not in storages:
-        length = footprint if footprint is not None else layout_footprint(spec.shape, spec.layout)
-        flat = TensorSpec((length,), spec.dtype, per_rank=spec.per_rank)
-        storages[key] = make_global_tensor(flat, seed, key, rank)
+        storages[key] = make_global_tensor(storage_spec(spec, footprint), seed, key, rank)
     return view_in_layout(storages[key], spec.shape, spec.layout)
+
+
+def storage_spec(spec: TensorSpec, footprint: int | None = None) -> TensorSpec:
+    """The 1-D spec of the storage buffer a plain tensor leaf views (its values are
+    ``make_global_tensor(storage_spec(...), seed, storage_key(...), rank)``); ``footprint`` as
+    for :func:`make_plain_tensor`."""
+    length = footprint if footprint is not None else layout_footprint(spec.shape, spec.layout)
+    return TensorSpec((length,), spec.dtype, per_rank=spec.per_rank)
 
 
 def share_group_footprints(leaves: Iterable[tuple[Path, object]]) -> dict[tuple, int]:

@@ -19,7 +19,6 @@ from conformance.oracle.common import (
     type_check_error,
 )
 from conformance.oracle.inputs import (
-    contiguous_stride,
     map_spec,
     value_obs,
 )
@@ -33,6 +32,7 @@ from strategies.spec import (
     Path,
     ShardedTensorSpec,
     TensorLeaf,
+    contiguous_stride,
     format_path,
     iter_leaves,
 )

@@ -74,7 +74,7 @@ def expect_gather_state_dict(case: Case, rank: int) -> Outcome:
             return _moved_to_cpu_or_same(inputs, spec, path, moves=offload and inputs.device_type != "cpu")
         if isinstance(spec, (DTensorSpec, ShardedTensorSpec)):
             tolerance = reduction_tolerance(spec) if isinstance(spec, DTensorSpec) else None
-            full = inputs.global_value(spec, path)
+            full = inputs.global_value(spec, path).clone()  # the observation's own copy
             return TensorObs(
                 "Tensor",
                 gathered_on,

@@ -33,14 +33,30 @@ from strategies.spec import (
     format_path,
     iter_leaves,
 )
-from strategies.values import make_plain_tensor, share_group_footprints, storage_key
+from strategies.values import (
+    make_global_tensor,
+    share_group_footprints,
+    storage_key,
+    storage_spec,
+    view_in_layout,
+)
+
+# The caches below hand out shared tensors: the oracle only reads them, and every observation
+# it builds holds a clone (``tensor_obs``, ``global_value`` callers). What a RankInputs returns
+# (``local``, ``plain``, ``global_value``) is read only for the same reason.
 
 
 @lru_cache(maxsize=512)
 def _global_tensor(leaf: DTensorSpec | ShardedTensorSpec, seed: int, path: Path) -> torch.Tensor:
-    """:func:`global_tensor`, computed once for all the ranks the oracle judges (the oracle
-    only reads it: every observation it builds holds a clone)."""
+    """:func:`global_tensor`, computed once for all the ranks the oracle judges (read only)."""
     return global_tensor(leaf, seed, path)
+
+
+@lru_cache(maxsize=1024)
+def _storage(flat: TensorSpec, seed: int, key: tuple, rank: int | None) -> torch.Tensor:
+    """The storage buffer of a plain leaf (:func:`storage_spec`), computed once for every rank
+    that holds the same values (``rank`` None unless the leaf is per rank; read only)."""
+    return make_global_tensor(flat, seed, key, rank)
 
 
 @lru_cache(maxsize=512)
@@ -118,6 +134,7 @@ class RankInputs:
         leaves = list(iter_leaves(spec))
         self._footprints = share_group_footprints(leaves)
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._locals: dict[Path, torch.Tensor] = {}  # local data of this spec's own leaves
         # first leaf (tree order, non-empty) that owns each storage key -> its path text
         self._owner: dict[tuple, str] = {}
         for path, leaf in leaves:
@@ -126,8 +143,13 @@ class RankInputs:
         self.leaves = dict(leaves)
 
     def plain(self, leaf: TensorSpec, path: Path) -> torch.Tensor:
-        footprint = self._footprints.get(storage_key(leaf, path))
-        return make_plain_tensor(leaf, self.seed, path, self.rank, self._buffers, footprint)
+        """The rank's plain tensor: a view in its layout into its storage buffer (the same
+        values as :func:`strategies.values.make_plain_tensor`, the buffer shared by ranks)."""
+        key = storage_key(leaf, path)
+        if key not in self._buffers:
+            flat = storage_spec(leaf, self._footprints.get(key))
+            self._buffers[key] = _storage(flat, self.seed, key, self.rank if leaf.per_rank else None)
+        return view_in_layout(self._buffers[key], leaf.shape, leaf.layout)
 
     def owner(self, leaf: TensorLeaf, path: Path) -> str | None:
         """Path of the input leaf whose storage this leaf's local data lives in."""
@@ -137,7 +159,15 @@ class RankInputs:
 
     def local(self, leaf: TensorLeaf, path: Path) -> torch.Tensor:
         """The rank's local data: the tensor, the DTensor's local tensor, or the ShardedTensor's
-        local shards flattened and concatenated (empty when it holds none)."""
+        local shards flattened and concatenated (empty when it holds none). Computed once per
+        leaf of this argument's spec (read only)."""
+        if self.leaves.get(path) is not leaf:  # not this spec's leaf: nothing to reuse
+            return self._local(leaf, path)
+        if path not in self._locals:
+            self._locals[path] = self._local(leaf, path)
+        return self._locals[path]
+
+    def _local(self, leaf: TensorLeaf, path: Path) -> torch.Tensor:
         if isinstance(leaf, TensorSpec):
             return self.plain(leaf, path)
         if isinstance(leaf, DTensorSpec):
@@ -192,11 +222,6 @@ def sharded_layout(leaf: ShardedTensorSpec, rank: int, world_size: int) -> dict[
         shards.append((tuple(offsets), tuple(sizes), owner))
     shards.sort()
     return {"shards": tuple(shards), "local_shapes": tuple(s for _, s, owner in shards if owner == rank)}
-
-
-def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The stride of a new contiguous tensor of ``shape``."""
-    return tuple(torch.empty(shape, device="meta").stride())
 
 
 def tensor_obs(leaf: TensorLeaf, data: torch.Tensor | None, **facts: Any) -> TensorObs:

@@ -15,15 +15,13 @@ from conformance.oracle.common import (
     NONE,
     rank_inputs,
 )
-from conformance.oracle.inputs import (
-    contiguous_stride,
-)
 from conformance.vocabulary import (
     ROOT,
     pg_ranks,
 )
 from strategies.spec import (
     ShardedTensorSpec,
+    contiguous_stride,
 )
 
 
@@ -32,7 +30,7 @@ def expect_all_gather_sharded_tensor(case: Case, rank: int) -> Outcome:
         return Outcome(NONE, {})
     inputs = rank_inputs(case, case.state_dict, rank, ROOT)
     spec = cast(ShardedTensorSpec, case.state_dict)  # all_gather_sharded_cases: one ShardedTensor
-    full = inputs.global_value(spec, ())
+    full = inputs.global_value(spec, ()).clone()  # the observation's own copy
     shape = tuple(spec.tensor.shape)
     device = case.kwarg("device")  # else the group's device: the rank's own
     result = TensorObs(

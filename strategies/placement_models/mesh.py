@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from strategies.placement_models.index_shard import strided_shard_indices
-from strategies.placement_models.registry import get_placement_model
+from strategies.placement_models.registry import get_placement_model, registry_version
 from strategies.spec import PlacementSpec, TensorSpec, torch_dtype
 
 
@@ -37,11 +40,22 @@ def has_uneven_strided_shard(
 
 def local_shapes(
     tensor: TensorSpec, mesh_shape: tuple[int, ...], placements: tuple[PlacementSpec, ...]
-) -> dict[tuple[int, ...], tuple[int, ...]]:
-    """The local shape at every mesh coordinate of ``tensor`` placed by ``placements``."""
+) -> Mapping[tuple[int, ...], tuple[int, ...]]:
+    """The local shape at every mesh coordinate of ``tensor`` placed by ``placements``: a
+    read-only mapping, computed once per (tensor, mesh shape, placements, registry state)."""
+    return _local_shapes(tensor, tuple(mesh_shape), tuple(placements), registry_version())
+
+
+@lru_cache(maxsize=2048)
+def _local_shapes(
+    tensor: TensorSpec,
+    mesh_shape: tuple[int, ...],
+    placements: tuple[PlacementSpec, ...],
+    version: int,
+) -> Mapping[tuple[int, ...], tuple[int, ...]]:
     zeros = torch.zeros(tensor.shape, dtype=torch_dtype(tensor.dtype))
     parts = split_over_mesh(zeros, mesh_shape, placements, torch.Generator().manual_seed(0))
-    return {coord: tuple(t.shape) for coord, t in parts.items()}
+    return MappingProxyType({coord: tuple(t.shape) for coord, t in parts.items()})
 
 
 def split_over_mesh(
@@ -94,5 +108,11 @@ def coordinate_of(rank: int, mesh_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def to_torch_placements(placements: tuple[PlacementSpec, ...]) -> tuple[Any, ...]:
-    """The torch Placement objects for the specs (imports torch.distributed.tensor)."""
-    return tuple(get_placement_model(p.kind).to_torch(p) for p in placements)
+    """The torch Placement objects for the specs (imports torch.distributed.tensor); torch's
+    placements are immutable, so each is made once per (spec, registry state) and shared."""
+    return tuple(_to_torch(p, registry_version()) for p in placements)
+
+
+@lru_cache(maxsize=256)
+def _to_torch(placement: PlacementSpec, version: int) -> Any:
+    return get_placement_model(placement.kind).to_torch(placement)

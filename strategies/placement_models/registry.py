@@ -7,6 +7,13 @@ import importlib
 from strategies.placement_models.base import PlacementModel
 
 _REGISTRY: dict[str, PlacementModel] = {}
+_VERSION = [0]  # bumped whenever the registry changes: keys the caches of what models compute
+
+
+def registry_version() -> int:
+    """A number that changes whenever a kind is registered or forgotten: caches of what the
+    models compute (shapes, torch placements) include it in their keys."""
+    return _VERSION[0]
 
 
 def register_placement(model: PlacementModel, *, replace: bool = False) -> PlacementModel:
@@ -16,6 +23,7 @@ def register_placement(model: PlacementModel, *, replace: bool = False) -> Place
     if model.kind in _REGISTRY and not replace and _REGISTRY[model.kind] is not model:
         raise ValueError(f"placement kind {model.kind!r} is already registered")
     _REGISTRY[model.kind] = model
+    _VERSION[0] += 1
     return model
 
 
@@ -30,6 +38,7 @@ def get_placement_model(kind: str) -> PlacementModel:
 def unregister_placement(kind: str) -> None:
     """Forget ``kind`` (for tests that register a plug-in temporarily)."""
     _REGISTRY.pop(kind, None)
+    _VERSION[0] += 1
 
 
 def registered_placements() -> tuple[str, ...]:
