@@ -208,7 +208,9 @@ def measure_real(harness: Harness, utility: str, size: int, cases: int) -> float
     try:
         prop(harness=harness)
     except (CaseFailure, CaseAborted) as exc:
-        print(f"  ({utility} at {size} ranks: a case failed: {str(exc).splitlines()[0]})")
+        lines = str(exc).splitlines()
+        print(f"  {utility} at {size} ranks: a case failed (its cases still count):")
+        print("\n".join(f"    {line}" for line in lines[:12] + ["..."] * (len(lines) > 12)))
     return ran[0] / (time.perf_counter() - start)
 
 

@@ -174,6 +174,18 @@ def _common_env(args: argparse.Namespace) -> dict[str, str]:
 # ---------------------------------------------------------------------------------- run
 
 
+def _plugin_args() -> list[str]:
+    """``-p conformance.plugin`` where pytest will not load it by itself: the package is not
+    installed (a source checkout on ``PYTHONPATH``) or plugin autoloading is off. Without it the
+    suite has no ``harness`` fixture."""
+    from importlib.metadata import entry_points
+
+    installed = any(ep.value == "conformance.plugin" for ep in entry_points(group="pytest11"))
+    if installed and not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return []
+    return ["-p", "conformance.plugin"]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.launcher == "torchrun":
         if "WORLD_SIZE" not in os.environ:
@@ -209,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "-rfEX",
         "-W",
         "ignore::pytest.PytestAssertRewriteWarning",
+        *_plugin_args(),
     ]
     if args.jobs > 1:
         pytest_args += ["-n", str(args.jobs)]

@@ -11,9 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, timeout: float = 300, path: str = "") -> subprocess.CompletedProcess:
-    """``python -m conformance *args`` from ROOT, with ``path`` (if any) before ROOT on ``PYTHONPATH``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (path, str(ROOT)) if p)}
+def cli(
+    *args: str, timeout: float = 300, path: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m conformance *args`` from ROOT, with ``path`` (if any) before ROOT on
+    ``PYTHONPATH`` and ``env`` added to the environment."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in (path, str(ROOT)) if p)}
     return subprocess.run(
         [sys.executable, "-m", "conformance", *args],
         capture_output=True,

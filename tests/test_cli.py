@@ -139,6 +139,18 @@ def test_nccl_without_gpus_exits_2():
     assert "needs CUDA GPUs" in result.stderr
 
 
+def test_run_works_where_pytest_does_not_load_the_plugin_itself():
+    """A source checkout on PYTHONPATH has no pytest entry point (like autoloading turned off):
+    ``run`` loads the suite's plugin itself, else the suite has no ``harness`` fixture."""
+    result = cli(
+        "run", "--only", "flatten_state_dict", "--max-examples", "2", "--world-sizes", "2",
+        env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "fixture 'harness' not found" not in result.stdout
+    assert "0 failed" in result.stdout
+
+
 def test_list_names_utilities_properties_placements_and_targets():
     result = cli("list", timeout=60)
     assert result.returncode == 0
