@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The NCCL path on a machine with a GPU (one GPU: NCCL worlds of one rank), and the case
-# gloo suite and the case benchmark there (BENCH=0 skips it). Writes its logs to $OUT (or
-# ./gpu-check-out). Usage: bash scripts/gpu-check.sh
+# The NCCL path on a machine with a GPU (one GPU: NCCL worlds of one rank), the gloo suite
+# with CUDA present, and the case benchmark there (BENCH=0 skips it). Writes its logs to $OUT
+# (or ./gpu-check-out). Usage: bash scripts/gpu-check.sh
 set -u
 out=${OUT:-gpu-check-out}
 mkdir -p "$out"
