@@ -137,7 +137,7 @@ class Fuzzer:
                 self._batch(name)
 
     def _batch(self, name: str) -> None:
-        strategy = case_strategy(name, self.harness.config.world_sizes)
+        strategy = case_strategy(name, self.harness.config.world_sizes, self.harness.config.backend)
         failing: list[tuple[Case, CaseReport]] = []
 
         @settings(

@@ -26,8 +26,8 @@ def cases_for(utility: str, **fixed: Any) -> st.SearchStrategy[Case]:
     forced (a value of ``None`` removes the argument)."""
 
     def build() -> st.SearchStrategy[Case]:
-        sizes = active_config().world_sizes
-        strategy = case_strategy(utility, sizes)
+        config = active_config()
+        strategy = case_strategy(utility, config.world_sizes, config.backend)
         return strategy.map(lambda case: case.with_kwargs(**fixed)) if fixed else strategy
 
     return st.deferred(build)
@@ -44,6 +44,7 @@ def property_of(
 
     def prepare(case: Case) -> Case:
         case = case.with_kwargs(**fixed) if fixed else case
+        case = replace(case, backend=active_config().backend)
         return transform(case) if transform else case
 
     def decorate(test: Callable) -> Callable:

@@ -11,7 +11,7 @@ record here, its oracle and its case strategy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -215,8 +215,18 @@ def expected_outcomes(case: Case, utility: str | None = None) -> list[Outcome]:
     return [oracle(case.on_rank(rank), rank) for rank in range(case.world_size)]
 
 
-def case_strategy(name: str, world_sizes: Sequence[int]) -> st.SearchStrategy[Case]:
-    """The cases of a utility or a law (``law:<name>``) on ``world_sizes``."""
-    if name in cases.LAW_CASES:
-        return cases.LAW_CASES[name](world_sizes)
-    return UTILITY[name].cases(world_sizes)
+def case_strategy(name: str, world_sizes: Sequence[int], backend: str = "gloo") -> st.SearchStrategy[Case]:
+    """The cases of a utility or a law (``law:<name>``) on ``world_sizes``, for ``backend``:
+    an NCCL case's ranks hold their tensors on their GPU, and the oracle expects them there.
+    Gloo cases are the strategy's own draws, with nothing mapped over them (a derandomized run
+    draws the same cases as before)."""
+    strategy = (
+        cases.LAW_CASES[name](world_sizes) if name in cases.LAW_CASES else UTILITY[name].cases(world_sizes)
+    )
+    if backend == "gloo":
+        return strategy
+    return strategy.map(partial(_on_backend, backend=backend))
+
+
+def _on_backend(case: Case, backend: str) -> Case:
+    return replace(case, backend=backend)

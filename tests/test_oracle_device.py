@@ -96,3 +96,38 @@ def test_distributed_and_all_gathered_on_the_ranks_device(backend: str) -> None:
         }
     for outcome in expected_outcomes(_example("all_gather_sharded_tensor", backend)):
         assert outcome.result.device_type == RANK_DEVICE[backend]
+
+
+def test_an_nccl_run_draws_nccl_cases():
+    """A run's backend reaches its cases (the oracle places their tensors by it; gloo draws are
+    the strategy's own, which tests/test_strategies_stable.py fingerprints)."""
+    from hypothesis import given, settings
+
+    from conformance.utilities import case_strategy
+
+    backends = set()
+
+    @settings(max_examples=10, database=None)
+    @given(case=case_strategy("law:offload_after_gather", (2,), "nccl"))
+    def draw(case):
+        backends.add(case.backend)
+
+    draw()
+    assert backends == {"nccl"}
+
+
+def test_pinning_follows_the_machine_in_a_gloo_run(monkeypatch):
+    """create_cpu_state_dict(pin_memory=True) raises only where no accelerator is: in a gloo run
+    on a machine with a GPU the ranks can pin, and the oracle expects them to."""
+    from conformance.case import Case
+    from conformance.observation import RaisedObs
+    from conformance.oracle import common
+    from conformance.utilities import expected_outcomes
+    from strategies.spec import DictSpec, TensorSpec
+
+    case = Case("create_cpu_state_dict", 2, 5, DictSpec((("w", TensorSpec((3,), "float32")),)))
+    case = case.with_kwargs(pin_memory=True)
+    monkeypatch.setattr(common, "machine_has_accelerator", lambda: False)
+    assert all(isinstance(o.result, RaisedObs) for o in expected_outcomes(case))
+    monkeypatch.setattr(common, "machine_has_accelerator", lambda: True)
+    assert not any(isinstance(o.result, RaisedObs) for o in expected_outcomes(case))

@@ -3,6 +3,7 @@ rule 2, the type check, tolerances of reductions."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any, cast
 
@@ -80,8 +81,15 @@ def device_type_of(case: Case) -> str:
 
 
 def has_accelerator(case: Case) -> bool:
-    """Whether the ranks of ``case`` have an accelerator (pinning is possible)."""
-    return device_type_of(case) != "cpu"
+    """Whether the ranks of ``case`` have an accelerator (pinning is possible): an NCCL case's
+    GPU, or one in the machine of a gloo case (the ranks' machine: the driver's, as spawned)."""
+    return device_type_of(case) != "cpu" or machine_has_accelerator()
+
+
+@functools.cache
+def machine_has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return bool(accelerator.is_available() if accelerator is not None else torch.cuda.is_available())
 
 
 def rank_inputs(case: Case, spec: Spec, rank: int, root: str, seed_offset: int = 0) -> RankInputs:
