@@ -56,6 +56,11 @@ PGS = st.sampled_from([None, "world", "copy"])
 SUBGROUP_PGS = st.sampled_from([None, "world", "copy", "tail"])
 
 
+def subgroup_pgs(world_size: int) -> st.SearchStrategy:
+    """SUBGROUP_PGS where a group without global rank 0 has members (2+ ranks), else PGS."""
+    return SUBGROUP_PGS if world_size > 1 else PGS
+
+
 @built_once
 def optional(strategy: st.SearchStrategy) -> st.SearchStrategy:
     """A keyword argument that is omitted (None: the utility's default applies) as often as it
@@ -71,7 +76,7 @@ def _kwargs(**drawn: object) -> tuple[tuple[str, object], ...]:
 @st.composite
 def gather_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(sampled(tuple(world_sizes)), label="world_size")
-    pg = draw(SUBGROUP_PGS, label="pg")
+    pg = draw(subgroup_pgs(ws), label="pg")
     allow_unsupported = draw(st.booleans())
     if pg == "tail":
         sd = draw(subgroup_state_dicts(pg_ranks(pg, ws), allow_unsupported), label="state_dict")
@@ -305,7 +310,7 @@ def unflatten_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
 @st.composite
 def all_gather_sharded_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case:
     ws = draw(sampled(tuple(world_sizes)), label="world_size")
-    pg = draw(SUBGROUP_PGS, label="pg")
+    pg = draw(subgroup_pgs(ws), label="pg")
     members = pg_ranks(pg, ws)  # a subgroup's ShardedTensor lives on its members (global ranks)
     spec = draw(sharded_tensor_specs(len(members), dtypes=TREE_DTYPES), label="sharded tensor")
     spec = on_members(spec, members)
@@ -400,7 +405,7 @@ def broadcast_cases(
     ws = draw(sampled(tuple(world_sizes)), label="world_size")
     full = draw(full_state_dicts(ws), label="full_state_dict")
     if utility == "broadcast_state_dict":
-        pg = draw(SUBGROUP_PGS, label="pg")
+        pg = draw(subgroup_pgs(ws), label="pg")
         kwargs = _kwargs(
             strict=draw(optional(st.booleans())), cpu_offload=draw(optional(st.booleans())), pg=pg
         )
@@ -422,7 +427,7 @@ def broadcast_tensors_cases(draw: st.DrawFn, world_sizes: Sequence[int]) -> Case
         full = DictSpec((*full.items, ("w", TensorSpec((3,), "float32"))))
         tensor_keys = ["w"]
     keys = draw(st.lists(st.sampled_from(tensor_keys), min_size=1, unique=True), label="keys")
-    pg = draw(SUBGROUP_PGS, label="pg")
+    pg = draw(subgroup_pgs(ws), label="pg")
     local = draw(
         local_for(full, ws, tensors_only=True, allow_dtensors=pg != "tail"), label="local_state_dict"
     )
