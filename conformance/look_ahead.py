@@ -16,8 +16,8 @@ two passes at most:
    one and shrinks it exactly as always (the cases before it run twice). The counts of the
    stopped pass (cases run, known divergences' hits) are dropped, so that they are counted once.
 
-A hang or a dead rank (:class:`CaseAborted`) ends either pass at once, as it ends a plain run;
-so does a skip at the run's time limit, once the case in flight has been judged.
+A hang or a dead rank (:class:`CaseAborted`) or Ctrl-C ends either pass at once, as it ends a
+plain run; so does a skip at the run's time limit, once the case in flight has been judged.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import contextlib
 import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import pytest
 
 from conformance.case import Case
 from conformance.check import CaseAborted, CaseCheck, CaseFailure
@@ -91,8 +93,8 @@ def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callab
     test, whose calls :func:`~conformance.properties.assert_conforms` makes :meth:`LookAhead.push`
     while ``harness.look_ahead`` is set), and ``plain`` (the same test, drawing the same cases,
     judging each in its own call) only where the pass stopped at a case that did not pass, or
-    Hypothesis raised in it. Any other exit of the pass (a skip, a hang, an interrupt) is the
-    property's, after the case in flight is judged."""
+    Hypothesis raised in it. Any other exit of the pass is the property's: a skip at the time
+    limit after the case in flight is judged, a hang, a dead rank or Ctrl-C at once."""
     counts = _counts(harness)
     look_ahead = harness.look_ahead = LookAhead(harness)
     try:
@@ -101,10 +103,10 @@ def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callab
         return
     except (LookAheadStopped, Exception):
         look_ahead.discard()
-    except BaseException:
+    except pytest.skip.Exception:  # the run's time limit
         look_ahead.fail_if_in_flight_fails()
         raise
-    finally:
+    finally:  # a hang, a dead rank or Ctrl-C ends the pass as it is
         harness.look_ahead = None
     _restore(harness, counts)
     plain()

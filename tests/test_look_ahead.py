@@ -136,3 +136,18 @@ def test_a_pass_cut_short_by_a_skip_still_reports_the_failing_case_in_flight():
     with pytest.raises(pytest.skip.Exception):
         run_looking_ahead(harness, cut_short(passing), plain)
     assert harness.started == [failing, passing] and harness.look_ahead is None
+
+
+def test_ctrl_c_in_a_pass_is_not_turned_into_a_verdict():
+    """Ctrl-C while a failing case is in flight ends the property as Ctrl-C (the case is not
+    waited for: it could be hanging)."""
+    case = Case("gather_state_dict", 2, 1, DictSpec((("w", TensorSpec((2,), "float32")),)))
+    harness = RecordingHarness(fails=always)
+
+    def interrupted() -> None:
+        harness.look_ahead.push(case)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_looking_ahead(harness, interrupted, lambda: None)
+    assert harness.look_ahead is None
