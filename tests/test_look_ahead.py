@@ -51,8 +51,12 @@ class RecordingHarness:
 
 
 @pytest.fixture
-def ci_property() -> Iterator[Callable[[], Callable]]:
-    """A fresh gather property decorated under the ci profile (derandomized), as the suite's are."""
+def ci_property(monkeypatch) -> Iterator[Callable[[], Callable]]:
+    """A fresh gather property decorated under the ci profile (derandomized), as the suite's are,
+    drawing for 2 ranks (whatever run configuration another test left active)."""
+    from conformance import harness
+
+    monkeypatch.setattr(harness, "_active", HarnessConfig(world_sizes=(2,)))
 
     def make() -> Callable:
         @property_of("gather_state_dict")
