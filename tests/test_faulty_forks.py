@@ -14,13 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.cli_helpers import ROOT
 from tests.planted import PlantedBug, planted_source, write_fork
-from tests.processes import alive_in_session
+from tests.processes import left_in_session
 
 GATHER_BODY = (
     "    def sharded_tensor_func(value, pg, device, companion_obj):\n        # ShardedTensor does not"
@@ -74,8 +73,7 @@ def run_fork(bug: PlantedBug, tmp_path, launcher: str = "spawn") -> tuple[int, s
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"the run against {fork} did not end within {LIMIT}s")
-    time.sleep(1.0)  # ranks exit within half a second of their driver
-    return proc.returncode, out, json.loads(report.read_text()), alive_in_session(proc.pid)
+    return proc.returncode, out, json.loads(report.read_text()), left_in_session(proc.pid)
 
 
 def _failing(report: dict) -> set[str]:

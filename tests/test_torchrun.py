@@ -7,6 +7,7 @@ out the torchrun world.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -53,6 +54,14 @@ def exit_on(rank: int) -> int:
     return context().rank
 
 
+def hold_the_gil_on(rank: int, seconds: int) -> int:
+    """Keep ``rank``'s other threads (its heartbeat; on rank 0 the driver) off the GIL for
+    ``seconds``: C's ``sleep`` called through ``PyDLL`` does not release it."""
+    if context().rank == rank:
+        ctypes.PyDLL(None).sleep(seconds)
+    return context().rank
+
+
 def _size() -> int:
     return int(os.environ["WORLD_SIZE"])
 
@@ -91,6 +100,14 @@ def test_inner_hang(harness):
     assert list(info.value.failures) == [1]
     print("INNER-HANG-RAISED")
     world.run(rank_and_size)  # the world is lost: this ends the run
+
+
+@inner
+def test_inner_gil_held(harness):
+    world = harness.world(_size())
+    for rank in range(world.size):  # each rank's heartbeat stops while the others watch
+        assert world.run(hold_the_gil_on, rank, 4) == list(range(world.size))
+    print("INNER-GIL-OK")
 
 
 @inner
@@ -228,6 +245,21 @@ def test_hang_ends_the_run_with_a_report():
     assert "torchrun world lost" in out and "job hang on rank(s) 1" in out, out
     assert "in sleep_on" in out, out  # where rank 1 is stuck
     assert seconds < RUN_LIMIT / 2, out  # the hang ended the run; it did not run into the limit
+
+
+@outer
+def test_ranks_kept_off_the_gil_past_the_heartbeat_limits_are_not_dead():
+    """Each rank in turn keeps its heartbeat thread off the GIL for 4 s, four times the limits
+    (a rank's for rank 0, rank 0's for the others): on one host a rank's liveness is its
+    process, so every job simply ends."""
+    code, out, _ = _standalone(
+        ["--", "tests/test_torchrun.py", "-p", "no:cacheprovider", "-q", "-s", "-k", "test_inner_gil_held"],
+        SDC_TORCHRUN_INNER="1",
+        SDC_TORCHRUN_DEAD_AFTER="1",
+        SDC_TORCHRUN_DRIVER_LOST_AFTER="1",
+    )
+    assert code == 0, out
+    assert "INNER-GIL-OK" in out, out
 
 
 @outer

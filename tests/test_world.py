@@ -13,6 +13,7 @@ import pytest
 
 from conformance.world import JobFailed, World, WorldUnavailable, context
 from conformance.world.context import health_check
+from tests.processes import ctrl_c_as_in_a_terminal
 
 # ---------------------------------------------------------------- jobs (run on every rank)
 
@@ -396,11 +397,12 @@ def _process_exists(p: int) -> bool:
 
 DRIVER = textwrap.dedent(
     """
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
     sys.path.insert(0, {root!r})
     from conformance.world import World
     from tests.test_world import pid
     if __name__ == "__main__":
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it is stuck, if it is
         world = World(2)
         print(" ".join(map(str, world.run(pid))), flush=True)
         if sys.argv[1] == "crash":
@@ -421,6 +423,7 @@ def test_ranks_die_with_their_driver(tmp_path, how):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     try:
         line = proc.stdout.readline()
@@ -428,7 +431,13 @@ def test_ranks_die_with_their_driver(tmp_path, how):
         assert len(pids) == 2, proc.stderr.read()
         if how == "sigint":
             proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            proc.kill()
+            pytest.fail(f"the driver did not exit within 60s; its stacks:\n{proc.communicate()[1][-4000:]}")
         deadline = time.monotonic() + 10
         while any(_process_exists(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -15,8 +15,11 @@ nor leaves the group usable.)
 *Timeouts and failures* follow the job protocol (:mod:`conformance.world.protocol`). What
 ``World`` fixes by restarting cannot be fixed here -- a torchrun world cannot restart from
 inside -- so a hang, blocked ranks, a dead rank or a failed health check *lose the world*. A
-dead rank is one whose heartbeat stopped for ``dead_after`` seconds (10 s;
-``SDC_TORCHRUN_DEAD_AFTER``); a rank dying on rank 0's own node makes torchrun SIGTERM rank 0
+dead rank is one whose process is gone, for a rank on rank 0's host, or else one whose
+heartbeat stopped for ``dead_after`` seconds (30 s; ``SDC_TORCHRUN_DEAD_AFTER``): a busy rank
+on a loaded host can hold its heartbeat thread off the GIL for seconds, see
+:mod:`conformance.world.torchrun_rank`. A silent rank's CPU time (is it still computing?) comes
+from ``/proc`` on this host and from its watchdog otherwise. A rank dying on rank 0's own node makes torchrun SIGTERM rank 0
 within its monitor interval, which rank 0 turns into ``JobFailed("crash")`` (naming local
 ranks whose process is gone) in a job, or into :class:`WorldLost` between jobs. The failing
 job raises its ``JobFailed`` (so the case is reported), a report goes to stderr at once, and
@@ -43,9 +46,9 @@ from conformance.faults import thread_stack
 from conformance.progress import cpu_seconds
 from conformance.world import protocol
 from conformance.world.protocol import JobDriver, JobFailed, RankFailure, WorldUnavailable, execute
-from conformance.world.torchrun_rank import EARLY, TorchrunMember, say
+from conformance.world.torchrun_rank import EARLY, TorchrunMember, local_pid, process_alive, say
 
-DEAD_AFTER = float(os.environ.get("SDC_TORCHRUN_DEAD_AFTER", "10"))
+DEAD_AFTER = float(os.environ.get("SDC_TORCHRUN_DEAD_AFTER", "30"))
 SHUTDOWN_TIMEOUT = 30.0
 STACK_WAIT = 3.0  # seconds to wait for silent ranks' watchdogs to report their stacks
 
@@ -95,6 +98,7 @@ class TorchrunWorld(JobDriver):
         self._own: dict[int, protocol.Answer | None] = {}
         self._own_done = threading.Condition()
         self._beats: dict[int, tuple[int, float]] = {}
+        self._local: dict[int, int] = {}  # rank -> process id, for the other ranks on this host
         self._own_tid: int | None = None  # native id of the thread running rank 0's share
         self._own_ident: int | None = None  # and its threading ident
 
@@ -122,6 +126,7 @@ class TorchrunWorld(JobDriver):
                     f"only {joined} of {self.size} torchrun ranks joined within {self.start_timeout:g}s"
                 )
             time.sleep(0.01)
+        self._local = {r: pid for r in range(1, self.size) if (pid := local_pid(member.store, r)) is not None}
         threading.Thread(target=self._own_loop, daemon=True, name="sdc-torchrun-rank0-jobs").start()
 
     def _own_loop(self) -> None:
@@ -270,6 +275,8 @@ class TorchrunWorld(JobDriver):
         as their watchdog last published it."""
         if rank == 0:
             return None if self._own_tid is None else cpu_seconds(os.getpid(), self._own_tid)
+        if rank in self._local:
+            return cpu_seconds(self._local[rank])
         store, key = self._m.store, f"cpu/{rank}"
         try:
             return float(store.get(key)) if store.check([key]) else None
@@ -293,15 +300,14 @@ class TorchrunWorld(JobDriver):
         return found
 
     def _check_beats(self, job: int) -> None:
-        """Raise JobFailed("crash") for unanswered ranks whose heartbeat stopped."""
-        store = self._m.store
+        """Raise JobFailed("crash") for unanswered ranks that are gone: by their process on this
+        host, by a heartbeat stopped for ``dead_after`` seconds on other hosts."""
         now = time.monotonic()
         pending = list(self._silent(job))
-        if not pending:
-            return
-        beats = store.multi_get([f"beat/{r}" for r in pending])
-        dead = {}
-        for rank, raw in zip(pending, beats, strict=True):
+        dead = self._gone_here(pending)
+        remote = [r for r in pending if r not in self._local]
+        beats = self._m.store.multi_get([f"beat/{r}" for r in remote]) if remote else []
+        for rank, raw in zip(remote, beats, strict=True):
             value = int(raw)
             last = self._beats.get(rank)
             if last is None or last[0] != value:
@@ -313,17 +319,18 @@ class TorchrunWorld(JobDriver):
         if dead:
             raise JobFailed("crash", dead, self.consequence)
 
+    def _gone_here(self, ranks: list[int]) -> dict[int, RankFailure]:
+        """Those of ``ranks`` on this host whose process is gone."""
+        host = socket.gethostname()
+        return {
+            r: RankFailure("RankDied", f"process {self._local[r]} on {host} is gone")
+            for r in ranks
+            if r in self._local and not process_alive(self._local[r])
+        }
+
     def _raise_terminated(self, job: int) -> None:
         pending = list(self._silent(job))
-        failures = {}
-        host = socket.gethostname()
-        for rank in pending:
-            try:
-                where, pid = self._m.store.get(f"where/{rank}").decode().rsplit(":", 1)
-            except Exception:
-                continue
-            if where == host and not _process_alive(int(pid)):
-                failures[rank] = RankFailure("RankDied", f"process {pid} on {host} is gone")
+        failures = self._gone_here(pending)
         if not failures:
             failures = {
                 r: RankFailure("Stopped", "torchrun stopped the world before this rank answered")
@@ -346,14 +353,6 @@ class TorchrunWorld(JobDriver):
             self.lost or "torchrun sent SIGTERM between jobs: a rank died (torchrun's report names it)"
         )
         raise WorldLost(f"torchrun world lost: {self.lost}")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def describe_job(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
