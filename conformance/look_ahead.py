@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from conformance.case import Case
-from conformance.check import CaseAborted, CaseCheck, CaseFailure
+from conformance.check import CaseAborted, CaseCheck, CaseFailure, CaseReport
 
 if TYPE_CHECKING:
     from conformance.harness import Harness
@@ -57,35 +57,33 @@ class LookAhead:
 
     def settle(self) -> None:
         """Judge the case in flight, if any (see :meth:`push`)."""
-        check, self._in_flight = self._in_flight, None
-        if check is None:
-            return
         try:
-            passed = check.report().passed
+            report = self._report_in_flight()
         except Exception as exc:
             raise LookAheadStopped(f"a case's check raised {type(exc).__name__}: {exc}") from exc
-        if not passed:
+        if report is not None and not report.passed:
             raise LookAheadStopped("a case did not pass")
 
     def discard(self) -> None:
         """Collect the case in flight without a verdict (a plain run is to run it again)."""
-        check, self._in_flight = self._in_flight, None
-        if check is not None:
-            with contextlib.suppress(Exception, CaseAborted):
-                check.report()
+        with contextlib.suppress(Exception, CaseAborted):
+            self._report_in_flight()
 
     def fail_if_in_flight_fails(self) -> None:
         """Judge the case in flight, if any, and raise its :class:`CaseFailure` if it did not pass
         (the pass is ending some other way: a skip at the time limit, an interrupt)."""
-        check, self._in_flight = self._in_flight, None
-        if check is None:
-            return
         try:
-            report = check.report()
+            report = self._report_in_flight()
         except (Exception, CaseAborted):
             return
-        if not report.passed:
+        if report is not None and not report.passed:
             raise CaseFailure(report)
+
+    def _report_in_flight(self) -> CaseReport | None:
+        """The report of the case in flight (None when there is none), which is then no longer
+        in flight whatever ``report()`` raises."""
+        check, self._in_flight = self._in_flight, None
+        return None if check is None else check.report()
 
 
 def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callable[[], None]) -> None:
@@ -113,13 +111,16 @@ def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callab
 
 
 def _counts(harness: Harness) -> tuple[dict[str, int], ...]:
-    """What a run counts: cases per utility, known divergences' hits, cases the baseline shares."""
-    return copy.deepcopy((harness.cases_by_utility, harness.divergences.hits, harness.shared_by_utility))
+    """A copy of what a run counts (see :func:`_counted`)."""
+    return copy.deepcopy(_counted(harness))
 
 
 def _restore(harness: Harness, counts: tuple[dict[str, int], ...]) -> None:
-    for now, before in zip(
-        (harness.cases_by_utility, harness.divergences.hits, harness.shared_by_utility), counts, strict=True
-    ):
+    for now, before in zip(_counted(harness), counts, strict=True):
         now.clear()
         now.update(before)
+
+
+def _counted(harness: Harness) -> tuple[dict[str, int], ...]:
+    """What a run counts: cases per utility, known divergences' hits, cases the baseline shares."""
+    return (harness.cases_by_utility, harness.divergences.hits, harness.shared_by_utility)
