@@ -404,7 +404,7 @@ DRIVER = textwrap.dedent(
     if __name__ == "__main__":
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it is stuck, if it is
         world = World(2)
-        print(" ".join(map(str, world.run(pid))), flush=True)
+        print(" ".join(map(str, world.run(pid))), world._logdir, flush=True)
         if sys.argv[1] == "crash":
             os._exit(1)   # the driver dies without closing anything
         time.sleep(3600)  # wait for Ctrl-C
@@ -426,8 +426,8 @@ def test_ranks_die_with_their_driver(tmp_path, how):
         preexec_fn=ctrl_c_as_in_a_terminal,
     )
     try:
-        line = proc.stdout.readline()
-        pids = [int(x) for x in line.split()]
+        *pids, logdir = proc.stdout.readline().split()
+        pids = [int(p) for p in pids]
         assert len(pids) == 2, proc.stderr.read()
         if how == "sigint":
             proc.send_signal(signal.SIGINT)
@@ -442,6 +442,7 @@ def test_ranks_die_with_their_driver(tmp_path, how):
         while any(_process_exists(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [p for p in pids if _process_exists(p)], "ranks outlived their driver"
+        assert not os.path.exists(logdir), "the world's log directory outlived its driver"
     finally:
         proc.kill()
         proc.wait()

@@ -46,11 +46,18 @@ from conformance.world.protocol import (
 # --------------------------------------------------------------------------- rank side
 
 
-def _exit_when_parent_dies(parent_pid: int) -> None:
+def _exit_when_parent_dies(parent_pid: int, logdir: str) -> None:
     while True:
         if os.getppid() != parent_pid:
-            os._exit(3)
+            _driver_gone(logdir)
         time.sleep(0.5)
+
+
+def _driver_gone(logdir: str) -> None:
+    """Exit: the driver is gone without closing the world. Nobody will read the world's stacks
+    and stderr any more, so its log directory goes too (every rank tries; one succeeds)."""
+    shutil.rmtree(logdir, ignore_errors=True)
+    os._exit(3)
 
 
 def _rank_main(
@@ -66,7 +73,7 @@ def _rank_main(
     # Ctrl-C belongs to the driver: it tears the world down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     report_faults_to(logdir, generation, rank)
-    threading.Thread(target=_exit_when_parent_dies, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_exit_when_parent_dies, args=(parent_pid, logdir), daemon=True).start()
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -97,7 +104,7 @@ def _rank_main(
         try:
             payload = conn.recv_bytes()
         except (EOFError, OSError):
-            break
+            _driver_gone(logdir)
         answer = execute(payload)
         if answer is None:  # shutdown request
             break
