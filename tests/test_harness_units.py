@@ -292,3 +292,19 @@ def test_report_header_names_the_seed(seed, profile, shown) -> None:
         getoption=lambda name, default=None: seed if name == "hypothesis_seed" else default,
     )
     assert pytest_report_header(config)[-1].startswith(f"  seed: {shown}")
+
+
+def gc_frozen_count() -> int:
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_a_worlds_start_up_is_left_out_of_garbage_collection(world_factory):
+    """The world's warm-up freezes what the rank's start-up built (torch, the target, a mesh),
+    so that later collections skip it; a case's short-lived objects are still collected."""
+    from conformance.harness import warm_up
+
+    world = world_factory(2)
+    world.run(warm_up, "impl")
+    assert all(count > 10_000 for count in world.run(gc_frozen_count))

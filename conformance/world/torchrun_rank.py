@@ -37,13 +37,17 @@ HEARTBEAT_INTERVAL = 0.5
 DRIVER_LOST_AFTER = float(os.environ.get("SDC_TORCHRUN_DRIVER_LOST_AFTER", "30"))
 EARLY = 1 << 20  # added to done/<n> by a rank that raised or may have desynced
 _FOREVER = timedelta(days=3650)
+_ELSEWHERE = -1  # the process id of a rank on another host: judged by its heartbeat
 
 
 def local_pid(store: Any, rank: int) -> int | None:
     """The process id of ``rank`` if it runs on this host (its ``where/<rank>``), else None
-    (another host, or not joined yet)."""
+    (another host, or not joined yet: never waits for the key)."""
+    key = f"where/{rank}"
     try:
-        host, pid = store.get(f"where/{rank}").decode().rsplit(":", 1)
+        if not store.check([key]):
+            return None
+        host, pid = store.get(key).decode().rsplit(":", 1)
     except Exception:
         return None
     return int(pid) if host == socket.gethostname() else None
@@ -111,7 +115,7 @@ class TorchrunMember:
     def _watchdog(self, store: Any) -> None:
         """Heartbeat; on ranks other than 0 also: exit on ``stop`` or when rank 0 is gone."""
         last_beat0, changed, errors, dumped = -1, time.monotonic(), 0, 0
-        driver_pid = None  # rank 0's process, once known to run on this host
+        driver_pid: int | None = None  # rank 0's process once it has joined (_ELSEWHERE: another host)
         while not self.closing:
             try:
                 store.add(f"beat/{self.rank}", 1)
@@ -130,8 +134,11 @@ class TorchrunMember:
                                 f"rank {self.rank}: job {self.busy} still running when the run stopped ({reason})"
                             )
                         os._exit(1 if self.busy else 0)
-                    driver_pid = driver_pid or local_pid(store, 0)
-                    if driver_pid is not None:
+                    if driver_pid is None and store.check(["where/0"]):
+                        driver_pid = local_pid(store, 0) or _ELSEWHERE
+                    if driver_pid is None:  # rank 0 has not joined yet: nothing to judge
+                        changed = time.monotonic()
+                    elif driver_pid != _ELSEWHERE:
                         if not process_alive(driver_pid):
                             say(f"rank {self.rank}: rank 0 (process {driver_pid}) is gone; exiting")
                             os._exit(3)
