@@ -219,8 +219,9 @@ def test_two_nodes():
         for node in (0, 1)
     ]
     (code0, out0), (code1, out1) = _wait(procs, RUN_LIMIT)
-    assert code0 == 0, out0
-    assert code1 == 0, out1
+    both = f"node 0:\n{out0[-6000:]}\nnode 1:\n{out1[-6000:]}"
+    assert code0 == 0, both
+    assert code1 == 0, both
     assert "torchrun world of 2 (gloo): ok" in out0, out0
 
 

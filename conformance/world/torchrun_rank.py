@@ -101,6 +101,7 @@ class TorchrunMember:
         prefix = f"sdc-torchrun/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.store = dist.PrefixStore(prefix, _get_default_store())
         self.busy = 0  # the job this rank is executing, 0 when idle
+        self.awaited = 1  # the job this rank runs next (or runs now)
         self.closing = False
         self.store.set(f"where/{self.rank}", f"{socket.gethostname()}:{os.getpid()}")
         self.store.add(f"beat/{self.rank}", 1)
@@ -120,10 +121,11 @@ class TorchrunMember:
             try:
                 store.add(f"beat/{self.rank}", 1)
                 store.set(f"cpu/{self.rank}", repr(time.process_time()))
-                busy = self.busy
-                if busy and busy != dumped and store.check([f"dump/{busy}"]):
-                    store.set(f"stack/{busy}/{self.rank}", own_stacks())  # where this rank is stuck
-                    dumped = busy
+                busy, awaited = self.busy, self.awaited
+                if awaited != dumped and store.check([f"dump/{awaited}"]):  # where this rank is stuck
+                    stacks = own_stacks() if busy else f"job {awaited} never reached this rank\n"
+                    store.set(f"stack/{awaited}/{self.rank}", stacks)
+                    dumped = awaited
                 if self.rank != 0:
                     if store.check(["stop"]):
                         reason = store.get("stop").decode()
@@ -194,5 +196,6 @@ def serve_forever(backend: str | None = None) -> int:
             return 0
         store.set(f"result/{job}/{member.rank}", answer.data)  # type: ignore[arg-type]  # stubs say str; bytes work
         store.add(f"done/{job}", 1 + (EARLY if answer.early else 0))
-        member.busy = 0
         job += 1
+        member.awaited = job
+        member.busy = 0
