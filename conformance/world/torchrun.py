@@ -20,8 +20,9 @@ heartbeat stopped for ``dead_after`` seconds (30 s; ``SDC_TORCHRUN_DEAD_AFTER``)
 on a loaded host can hold its heartbeat thread off the GIL for seconds, see
 :mod:`conformance.world.torchrun_rank`. A silent rank's CPU time (is it still computing?) comes
 from ``/proc`` on this host and from its watchdog otherwise. A rank dying on rank 0's own
-node makes torchrun SIGTERM rank 0 within its monitor interval, which rank 0 turns into ``JobFailed("crash")`` (naming local
-ranks whose process is gone) in a job, or into :class:`WorldLost` between jobs. The failing
+node makes torchrun SIGTERM rank 0 within its monitor interval, which rank 0 turns into
+``JobFailed("crash")`` (naming local ranks whose process is gone) in a job, or into
+:class:`WorldLost` between jobs. The failing
 job raises its ``JobFailed`` (so the case is reported), a report goes to stderr at once, and
 every later job raises :class:`WorldLost`, a ``KeyboardInterrupt``: it passes through
 Hypothesis without shrinking and ends pytest like Ctrl-C. Rank 0 then writes ``stop`` to the

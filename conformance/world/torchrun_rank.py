@@ -116,7 +116,7 @@ class TorchrunMember:
     def _watchdog(self, store: Any) -> None:
         """Heartbeat; on ranks other than 0 also: exit on ``stop`` or when rank 0 is gone."""
         last_beat0, changed, errors, dumped = -1, time.monotonic(), 0, 0
-        driver_pid: int | None = None  # rank 0's process once it has joined (_ELSEWHERE: another host)
+        driver_pid: int | None = None  # rank 0's process once joined (_ELSEWHERE: another host)
         while not self.closing:
             try:
                 store.add(f"beat/{self.rank}", 1)
