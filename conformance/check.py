@@ -229,16 +229,24 @@ def observed_outcomes(
 
 class CaseCheck:
     """A case being checked (:func:`start_case`): :meth:`report` collects what is still running,
-    judges it and returns the report; it may be asked once."""
+    judges it and returns the report; it may be asked once. :meth:`cancel` drops a case whose
+    job never reached the ranks (:meth:`PendingJob.cancel`); its report then raises."""
 
-    def __init__(self, finish: Callable[[], CaseReport], abort_blocked: bool) -> None:
+    def __init__(
+        self, finish: Callable[[], CaseReport], abort_blocked: bool, cancel: Callable[[], None] | None = None
+    ) -> None:
         self._finish: Callable[[], CaseReport] | None = finish
         self._abort_blocked = abort_blocked
+        self._cancel = cancel
 
     @classmethod
     def judged(cls, report: CaseReport, abort_blocked: bool) -> CaseCheck:
         """A check whose case has already run and been judged."""
         return cls(lambda: report, abort_blocked)
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel()
 
     def report(self) -> CaseReport:
         if self._finish is None:
@@ -296,6 +304,7 @@ def start_case(
             case, target, submitted.observed(abort_on_fault), divergences, count, submitted.expected
         ),
         abort,
+        submitted.pending.cancel,
     )
 
 

@@ -20,6 +20,7 @@ from conformance.check import (
     start_case,
 )
 from conformance.divergences import SHIPPED, DivergenceFileError, Divergences, load_divergences
+from conformance.laws import LAW_PREFIX, LAWS
 from conformance.targets import Target, load_target
 from conformance.world import LAUNCHERS, JobRunner, World, WorldUnavailable
 from conformance.world.torchrun_main import launched_world
@@ -174,8 +175,6 @@ def active_config() -> HarnessConfig:
 
 
 def _lacks(target: Target, utility: str) -> list[str]:
-    from conformance.laws import LAW_PREFIX, LAWS
-
     needed = LAWS.get(utility.removeprefix(LAW_PREFIX), (utility,))
     return sorted({u for u in needed if target.function(u) is None})
 
@@ -269,12 +268,26 @@ class Harness:
         divergences = self.divergences if excuse else None
         world, target = self.world(case.world_size), self.config.target
         abort = not self.config.shrink_hangs
-        baseline = None
-        if self.config.baseline and against_baseline and not self.baseline_lacks(case.utility):
-            baseline = self.config.baseline
+        baseline = self._baseline_for(case) if against_baseline else None
         with self._remembering_faults(case):
             started = start_case(world, case, target, divergences, count, abort, baseline=baseline)
-        return CaseCheck(lambda: self._report_of(started, case), abort_blocked=False)
+        return CaseCheck(lambda: self._report_of(started, case), abort_blocked=False, cancel=started.cancel)
+
+    def _baseline_for(self, case: Case) -> str | None:
+        """The baseline target ``case`` also runs on, if any (one that has what it needs)."""
+        if self.config.baseline and not self.baseline_lacks(case.utility):
+            return self.config.baseline
+        return None
+
+    def can_queue(self, case: Case) -> bool:
+        """Whether :meth:`start` may submit ``case`` while the case before it is still in
+        flight: its world queues jobs, and the case is one job (not a law's, not against a
+        baseline: those run at once, and a fault of the case before must be judged first)."""
+        return (
+            self.world(case.world_size).queues_jobs
+            and not case.utility.startswith(LAW_PREFIX)
+            and self._baseline_for(case) is None
+        )
 
     def _report_of(self, started: CaseCheck, case: Case) -> CaseReport:
         with self._remembering_faults(case):

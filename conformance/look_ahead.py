@@ -7,30 +7,34 @@ only on its seed, its settings and the verdicts it has seen. So a derandomized p
 two passes at most:
 
 1. The look-ahead pass (:func:`run_looking_ahead`'s ``ahead``): each call submits its case to
-   the world (:meth:`Harness.start`, the oracle computed meanwhile) and returns at once; the
-   case's verdict is asked when the next case arrives, or when the pass ends. When every case
-   passes, the property has passed on exactly the cases a plain run draws, with the verdicts a
-   plain run gives them: that is the result.
+   the world (:meth:`Harness.start`, the oracle computed meanwhile) and returns at once. Where
+   the world queues jobs (:attr:`~conformance.world.protocol.JobDriver.queues_jobs`) the case
+   before it is judged only then, so the ranks go from that case to this one without waiting
+   for the driver; otherwise the case before it is judged first. When every case passes, the
+   property has passed on exactly the cases a plain run draws, with the verdicts a plain run
+   gives them: that is the result.
 2. At the first case that does not pass (or whose check raises), the pass stops and the property
    runs again as a plain Hypothesis test (``plain``): it draws the same cases, fails at the same
    one and shrinks it exactly as always (the cases before it run twice). The counts of the
    stopped pass (cases run, known divergences' hits) are dropped, so that they are counted once.
 
 A hang or a dead rank (:class:`CaseAborted`) or Ctrl-C ends either pass at once, as it ends a
-plain run; so does a skip at the run's time limit, once the case in flight has been judged.
+plain run (a case queued behind it is dropped, not run); so does a skip at the run's time limit,
+once the cases in flight have been judged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 from conformance.case import Case
-from conformance.check import CaseAborted, CaseCheck, CaseFailure, CaseReport
+from conformance.check import CaseAborted, CaseCheck, CaseFailure
 
 if TYPE_CHECKING:
     from conformance.harness import Harness
@@ -42,48 +46,67 @@ class LookAheadStopped(BaseException):
 
 
 class LookAhead:
-    """The checks of one look-ahead pass: each case's verdict is asked when the next case
-    arrives (:meth:`push`) or at the end (:meth:`settle`)."""
+    """The checks of one look-ahead pass, oldest first: each case's verdict is asked once the
+    case after it has been started (:meth:`push`), or at the end (:meth:`settle`)."""
 
     def __init__(self, harness: Harness) -> None:
         self._harness = harness
-        self._in_flight: CaseCheck | None = None
+        self._in_flight: deque[CaseCheck] = deque()
 
     def push(self, case: Case) -> None:
-        """Judge the case in flight, then start ``case``; raises :class:`LookAheadStopped` where
-        the case in flight did not pass."""
-        self.settle()
-        self._in_flight = self._harness.start(case)
+        """Start ``case`` and judge the cases before it; raises :class:`LookAheadStopped` where
+        one of them did not pass."""
+        if not self._harness.can_queue(case):
+            self.settle()
+        self._in_flight.append(self._harness.start(case))
+        while len(self._in_flight) > 1:
+            self._settle_oldest()
 
     def settle(self) -> None:
-        """Judge the case in flight, if any (see :meth:`push`)."""
+        """Judge every case in flight, oldest first (see :meth:`push`)."""
+        while self._in_flight:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
         try:
-            report = self._report_in_flight()
+            report = self._in_flight.popleft().report()
         except Exception as exc:
             raise LookAheadStopped(f"a case's check raised {type(exc).__name__}: {exc}") from exc
-        if report is not None and not report.passed:
+        if not report.passed:
             raise LookAheadStopped("a case did not pass")
 
     def discard(self) -> None:
-        """Collect the case in flight without a verdict (a plain run is to run it again)."""
-        with contextlib.suppress(Exception, CaseAborted):
-            self._report_in_flight()
+        """Collect the cases in flight without a verdict (a plain run is to run them again); one
+        that never reached the ranks is dropped instead."""
+        for check in self._drained():
+            check.cancel()
+            with contextlib.suppress(Exception, CaseAborted):
+                check.report()
+
+    def drop(self) -> None:
+        """Forget the cases in flight: the pass ends at once (a hang, a dead rank, Ctrl-C). One
+        that never reached the ranks is not sent; one the ranks have is collected, unread, by the
+        world's next job."""
+        for check in self._drained():
+            check.cancel()
 
     def fail_if_in_flight_fails(self) -> None:
-        """Judge the case in flight, if any, and raise its :class:`CaseFailure` if it did not pass
-        (the pass is ending some other way: a skip at the time limit, an interrupt)."""
-        try:
-            report = self._report_in_flight()
-        except (Exception, CaseAborted):
-            return
-        if report is not None and not report.passed:
-            raise CaseFailure(report)
+        """Judge the cases in flight, oldest first, and raise the :class:`CaseFailure` of the
+        first that did not pass (the pass is ending some other way: a skip at the time limit,
+        an interrupt)."""
+        for check in self._drained():
+            try:
+                report = check.report()
+            except (Exception, CaseAborted):
+                continue
+            if not report.passed:
+                self.drop()
+                raise CaseFailure(report)
 
-    def _report_in_flight(self) -> CaseReport | None:
-        """The report of the case in flight (None when there is none), which is then no longer
-        in flight whatever ``report()`` raises."""
-        check, self._in_flight = self._in_flight, None
-        return None if check is None else check.report()
+    def _drained(self) -> Iterator[CaseCheck]:
+        """The checks in flight, each no longer in flight once yielded."""
+        while self._in_flight:
+            yield self._in_flight.popleft()
 
 
 def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callable[[], None]) -> None:
@@ -105,6 +128,7 @@ def run_looking_ahead(harness: Harness, ahead: Callable[[], None], plain: Callab
         look_ahead.fail_if_in_flight_fails()
         raise
     finally:  # a hang, a dead rank or Ctrl-C ends the pass as it is
+        look_ahead.drop()
         harness.look_ahead = None
     _restore(harness, counts)
     plain()

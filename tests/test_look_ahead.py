@@ -21,9 +21,15 @@ from strategies.spec import DictSpec, TensorSpec
 
 class RecordingHarness:
     """Stands in for the harness: judges a case by ``fails`` and records which pass ran it
-    (``started``: the look-ahead pass; ``checked``: a plain run)."""
+    (``started``: the look-ahead pass; ``checked``: a plain run). With ``queues`` a case is
+    started before the one before it is judged, as on a spawned world."""
 
-    def __init__(self, fails: Callable[[Case], bool], fails_ahead: Callable[[Case], bool] | None = None):
+    def __init__(
+        self,
+        fails: Callable[[Case], bool],
+        fails_ahead: Callable[[Case], bool] | None = None,
+        queues: bool = True,
+    ):
         self.config = HarnessConfig(world_sizes=(2,))
         self.divergences = Divergences(entries=())
         self.look_ahead = None
@@ -32,6 +38,10 @@ class RecordingHarness:
         self.started: list[Case] = []
         self.checked: list[Case] = []
         self._fails, self._fails_ahead = fails, fails_ahead or fails
+        self.queues = queues
+
+    def can_queue(self, case: Case) -> bool:
+        return self.queues
 
     def missing(self, utility: str) -> list[str]:
         return []
@@ -87,13 +97,14 @@ def test_a_passing_property_runs_once_on_the_cases_a_plain_run_draws(ci_property
     # a look-ahead pass that stops at its first case leaves the whole run to the plain run
     plain = RecordingHarness(fails=never, fails_ahead=always)
     ci_property()(harness=plain)
-    assert plain.started == plain.checked[:1]
+    assert plain.started == plain.checked[:2]  # the first case is judged once the second is started
     assert len(looking.started) == settings.default.max_examples  # (the 2x2 examples need 4 ranks)
     assert [c.to_blob() for c in looking.started] == [c.to_blob() for c in plain.checked]
     assert looking.cases_by_utility == {"gather_state_dict": len(looking.started)}
 
 
-def test_a_failing_case_is_found_again_and_shrunk_by_a_plain_run(ci_property):
+@pytest.mark.parametrize("queues", [True, False])
+def test_a_failing_case_is_found_again_and_shrunk_by_a_plain_run(ci_property, queues):
     reference = RecordingHarness(fails=never)
     ci_property()(harness=reference)
     culprit = reference.started[20]
@@ -102,11 +113,13 @@ def test_a_failing_case_is_found_again_and_shrunk_by_a_plain_run(ci_property):
     def big_like_the_culprit(case: Case) -> bool:
         return len(case.to_blob()) >= leaves
 
-    failing = RecordingHarness(fails=big_like_the_culprit)
+    failing = RecordingHarness(fails=big_like_the_culprit, queues=queues)
     with pytest.raises(CaseFailure) as raised:
         ci_property()(harness=failing)
     first = next(i for i, c in enumerate(reference.started) if big_like_the_culprit(c))
-    assert [c.to_blob() for c in failing.started] == [c.to_blob() for c in reference.started[: first + 1]]
+    # the pass stops at the failing case, or (queueing) at the case started behind it
+    stopped = first + 1 + queues
+    assert [c.to_blob() for c in failing.started] == [c.to_blob() for c in reference.started[:stopped]]
     # the plain run draws the same cases up to the failure, then shrinks it
     assert [c.to_blob() for c in failing.checked[: first + 1]] == [
         c.to_blob() for c in reference.started[: first + 1]
@@ -154,4 +167,38 @@ def test_ctrl_c_in_a_pass_is_not_turned_into_a_verdict():
 
     with pytest.raises(KeyboardInterrupt):
         run_looking_ahead(harness, interrupted, lambda: None)
+    assert harness.look_ahead is None
+
+
+def test_a_hang_ends_the_pass_without_running_the_case_queued_behind_it():
+    """A case aborted by a hang ends the pass at once: the case started behind it is cancelled
+    (a world restarted after the hang does not run it), not waited for."""
+    from conformance.check import CaseAborted
+
+    first = Case("gather_state_dict", 2, 1, DictSpec((("w", TensorSpec((2,), "float32")),)))
+    second = first.with_kwargs(cpu_offload=True)
+    events: list[tuple[str, Case]] = []
+
+    class HangingHarness(RecordingHarness):
+        def start(self, case: Case) -> CaseCheck:
+            def finish() -> CaseReport:
+                events.append(("report", case))
+                if case == first:
+                    raise CaseAborted("hang", "hang")
+                return CaseReport(case, "recording", [])
+
+            return CaseCheck(finish, abort_blocked=False, cancel=lambda: events.append(("cancel", case)))
+
+    harness = HangingHarness(fails=never)
+
+    def ahead() -> None:
+        harness.look_ahead.push(first)
+        harness.look_ahead.push(second)
+
+    def plain() -> None:
+        raise AssertionError("a hang is not a reason for a plain run")
+
+    with pytest.raises(CaseAborted):
+        run_looking_ahead(harness, ahead, plain)
+    assert events == [("report", first), ("cancel", second)]
     assert harness.look_ahead is None

@@ -257,17 +257,112 @@ def sleep_then_rank(seconds: float) -> int:
 
 
 def test_submit_returns_at_once_and_result_collects(world_factory):
-    """The driver works while the ranks run; one job in flight at a time."""
+    """The driver works while the ranks run; two jobs in flight at most, collected in order."""
     world = world_factory(2)
     start = time.monotonic()
     pending = world.submit(sleep_then_rank, 1.0)
+    queued = world.submit(monotonic_now)
     assert time.monotonic() - start < 0.5, "submit waited for the job"
-    with pytest.raises(RuntimeError, match="already in flight"):
-        world.submit(rank_and_size)
+    time.sleep(2.0)
+    collected = time.monotonic()
     assert pending.result() == [0, 1]
     assert time.monotonic() - start >= 1.0
     assert pending.result() == [0, 1]  # asking again gives the same answer
+    started = queued.result()
+    assert all(start + 1.0 <= t < collected for t in started), "the queued job waited for the driver"
     assert world.run(rank_and_size) == [(0, 2), (1, 2)]
+
+
+def test_a_third_job_first_collects_the_oldest(world_factory):
+    """A job whose result nobody asked (its case was dropped) does not block the world."""
+    world = world_factory(2)
+    oldest = world.submit(sleep_then_rank, 1.0)
+    world.submit(rank_and_size)
+    third = world.submit(rank_and_size)
+    assert oldest.done
+    assert third.result() == [(0, 2), (1, 2)]
+    assert oldest.result() == [0, 1]
+
+
+def monotonic_now() -> float:
+    return time.monotonic()
+
+
+def collective_on(rank: int) -> int:
+    """Only ``rank`` enters a collective (the others return at once, without saying so)."""
+    import torch
+    import torch.distributed as dist
+
+    if context().rank == rank:
+        dist.all_reduce(torch.ones(1))
+    return context().rank
+
+
+def return_early_everywhere() -> object:
+    return EarlyReturn()
+
+
+def note_run(path: str) -> int:
+    """Join a collective, then append this rank's number to ``path`` (a job that must run
+    exactly once, and would complete a collective another rank was left blocked in)."""
+    import torch
+    import torch.distributed as dist
+
+    dist.all_reduce(torch.ones(1))
+    with open(path, "a") as f:
+        f.write(f"{context().rank}\n")
+    return context().rank
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "verdict"),
+    [
+        (rank_and_size, (), None),
+        (return_early_everywhere, (), None),
+        (raise_on, (0,), ("error", {0: "ValueError"})),
+        (raise_on_then_collective, (0,), ("error", {0: "KeyError", 1: "Blocked"})),
+        (return_early_on, (1,), ("error", {0: "Blocked"})),
+        (collective_on, (1,), ("hang", {1: "Timeout"})),  # rank 0 answered as if nothing were wrong
+        (hang_on, (1,), ("hang", {1: "Timeout"})),
+        (exit_on, (1, "exit"), ("crash", {1: "RankDied"})),
+    ],
+)
+def test_a_queued_job_changes_no_verdict_and_runs_exactly_once(fresh_world, tmp_path, job, args, verdict):
+    """Whatever the job before it does (returns, returns early, raises, leaves a rank blocked,
+    hangs with or without a rank still in a collective, kills a rank), that job's verdict is
+    the one it gets alone (the same kind, on the same ranks), and the job queued behind it runs
+    once, on a sound world."""
+    fresh_world.start()
+    notes = tmp_path / "runs"
+    first = fresh_world.submit(job, *args)
+    queued = fresh_world.submit(note_run, str(notes))
+    if verdict is None:
+        assert len(first.result()) == 2
+    else:
+        with pytest.raises(JobFailed) as info:
+            first.result()
+        failures = {rank: f.type_name for rank, f in info.value.failures.items()}
+        assert (info.value.kind, failures) == verdict
+    assert queued.result() == [0, 1]
+    assert sorted(notes.read_text().split()) == ["0", "1"]
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
+
+
+def test_a_queued_job_behind_a_hang_can_be_dropped(fresh_world, tmp_path):
+    """A look-ahead pass that ends at a hang does not run the case queued behind it."""
+    from conformance.world.protocol import JobCancelled
+
+    fresh_world.start()
+    notes = tmp_path / "runs"
+    first = fresh_world.submit(hang_on, 1)
+    queued = fresh_world.submit(note_run, str(notes))
+    with pytest.raises(JobFailed):
+        first.result()
+    queued.cancel()
+    with pytest.raises(JobCancelled):
+        queued.result()
+    assert not notes.exists()
+    assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
 
 
 def test_a_job_collected_after_its_deadline_is_not_a_hang():

@@ -93,36 +93,67 @@ class PendingJob:
     """A job dispatched to every rank and not yet collected (:meth:`JobDriver.submit`).
 
     :meth:`result` waits for the ranks' answers and returns them in rank order, or raises
-    :class:`JobFailed`; asking again gives the same answer.
+    :class:`JobFailed`; asking again gives the same answer. A job queued behind another
+    (:attr:`JobDriver.queues_jobs`) that its ranks did not run, because the job before it
+    returned early on some rank or took the world down, is sent again when its result is asked
+    (after the health check or restart that any job then gets): it runs exactly once.
+    :meth:`cancel` drops such a job instead.
     """
 
     def __init__(
-        self, driver: JobDriver, fn: Callable[..., Any], args: tuple[Any, ...], clock: JobClock
+        self, driver: JobDriver, fn: Callable[..., Any], args: tuple[Any, ...], payload: bytes
     ) -> None:
         self.fn = fn
         self.args = args
-        self.clock = clock
+        self.payload = payload
+        self.clock: JobClock | None = None  # set when the ranks are free to run it
+        self.unsent = False  # the ranks never ran it: sent again when its result is asked
         self._driver = driver
         self._results: list[Any] | None = None
         self._failure: BaseException | None = None
 
+    @property
+    def done(self) -> bool:
+        return self._results is not None or self._failure is not None
+
     def result(self) -> list[Any]:
-        if self._results is None and self._failure is None:
+        if not self.done:
             try:
-                self._results = self._driver._finish(self)
-            except BaseException as exc:
-                self._failure = exc
+                self._driver._finish(self)
+            except BaseException as exc:  # the driver's own failure (Ctrl-C, a world that cannot start)
+                if not self.done:
+                    self._failure = exc
                 raise
         if self._failure is not None:
             raise self._failure
         assert self._results is not None
         return self._results
 
+    def cancel(self) -> None:
+        """Drop a job that its ranks never ran (see the class docstring); a job the ranks have
+        is still collected, in turn, by the next job's result."""
+        if self.unsent and not self.done:
+            self._failure = JobCancelled("this job was cancelled before its ranks ran it")
+
+    def _settle(self, results: list[Any] | None = None, failure: BaseException | None = None) -> None:
+        self._results, self._failure = results, failure
+
+
+class JobCancelled(RuntimeError):
+    """The result of a job that was cancelled before its ranks ran it (:meth:`PendingJob.cancel`)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A rank's answer to a queued job it did not run: the job before it returned early on
+    some rank (see :func:`gated`)."""
+
 
 class JobRunner(Protocol):
     """What runs cases: a spawned :class:`~conformance.world.spawn.World` or the torchrun world."""
 
     size: int
+    queues_jobs: bool
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]: ...
 
@@ -174,6 +205,28 @@ def failure_of(exc: BaseException, prefix: str = "") -> RankFailure:
 def may_desync(result: Any) -> bool:
     """A result may say it left its collectives unfinished (e.g. it caught an exception)."""
     return bool(getattr(result, "may_desync", False))
+
+
+_QUEUED = b"Q"  # a queued job's payload: this byte, then the job
+
+
+def gated(payload: bytes) -> bytes:
+    """``payload`` as a job queued behind the one in flight: a rank runs it only once every rank
+    has finished that one and none returned early (raised, or may have left a collective
+    unfinished: a health check comes first then); otherwise it answers :data:`SKIPPED`. The
+    transport decides how the ranks agree (over a channel that a rank still stuck in a
+    collective of the job before cannot confuse)."""
+    return _QUEUED + payload
+
+
+def ungated(data: bytes) -> tuple[bool, bytes]:
+    """Whether ``data`` is a queued job (see :func:`gated`), and the job."""
+    if data[:1] == _QUEUED:
+        return True, data[1:]
+    return False, data
+
+
+SKIPPED = wire.dumps(("ok", Skipped()))
 
 
 # --------------------------------------------------------------------------- driver side
@@ -276,63 +329,131 @@ class JobDriver:
 
     ``submit(fn, *args, **kwargs)`` sends the job to every rank and returns a
     :class:`PendingJob` at once, so the caller can work while the ranks run;
-    ``pending.result()`` collects and judges the answers. ``run`` is the two in one. Exactly
-    one job is in flight at a time: ``submit`` before the previous job's ``result`` raises
-    ``RuntimeError``. The job's deadline counts from ``submit``.
+    ``pending.result()`` collects and judges the answers. ``run`` is the two in one. One job
+    is in flight at a time, or two on a transport that ``queues_jobs``: the second waits on the
+    ranks for the first (:func:`gated`), so the ranks go from one to the next without a
+    round trip to the driver. Jobs are collected in the order they were submitted, each keeping
+    its answer for its own ``result()``: a third submission first collects the oldest; on
+    a transport that does not queue, a second one raises ``RuntimeError``. A job's deadline
+    counts from when the ranks are free to run it: its submission, or the collection of the
+    job before it.
 
     A subclass provides ``size``, ``consequence`` (what a blocked, hung or crashed job means
     for the run) and: ``_prepare`` (make the world ready for a job, running
     :meth:`_check_health`), ``_send`` (deliver a payload to every rank), ``_wait`` (gather
     answers into :class:`Replies` until all answered or the :class:`JobClock` says stop;
     ``JobFailed("crash")`` for a dead rank), ``_stacks``, ``_cpu_seconds``, and what a failed
-    or interrupted job does to the world (``_after_failure``, ``_after_interrupt``).
+    or interrupted job does to the world (``_after_failure``, ``_after_interrupt``; a transport
+    that takes the world down calls :meth:`_lose_in_flight`). A transport that ``queues_jobs``
+    has its ranks honour :func:`gated` payloads.
     """
 
     size: int
     consequence: str
+    queues_jobs = False
 
     def __init__(self, job_timeout: float, error_grace: float) -> None:
         self.job_timeout = job_timeout
         self.error_grace = error_grace
         self.jobs_run = 0
         self._needs_health_check = False
-        self._in_flight: PendingJob | None = None
+        self._in_flight: list[PendingJob] = []  # oldest first
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``fn(*args, **kwargs)`` on every rank; results in rank order."""
         return self.submit(fn, *args, **kwargs).result()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PendingJob:
-        """Start ``fn(*args, **kwargs)`` on every rank and return without waiting."""
-        if self._in_flight is not None:
+        """Start ``fn(*args, **kwargs)`` on every rank (or queue it behind the job in flight)
+        and return without waiting."""
+        if self._in_flight and not self.queues_jobs:
             raise RuntimeError(
                 "a job is already in flight on this world: ask its result() before submitting another"
             )
-        payload = pickle.dumps((fn, args, kwargs))
-        self._prepare()
-        clock = self._dispatch(payload, self.job_timeout)
-        self.jobs_run += 1
-        self._in_flight = PendingJob(self, fn, args, clock)
-        return self._in_flight
+        while len(self._in_flight) > 1:  # a job nobody collected (its case was dropped)
+            self._collect_oldest()
+        job = PendingJob(self, fn, args, pickle.dumps((fn, args, kwargs)))
+        if self._in_flight:
+            self._send(gated(job.payload))
+            self.jobs_run += 1
+            self._in_flight.append(job)
+        else:
+            self._dispatch_job(job)
+        return job
 
-    def _finish(self, pending: PendingJob) -> list[Any]:
-        """Collect ``pending`` (the job in flight) and apply the transport's failure policy."""
-        if pending is not self._in_flight:
+    def _dispatch_job(self, job: PendingJob) -> None:
+        """Send ``job`` with nothing in flight: the world made ready first."""
+        self._prepare()
+        job.clock = self._dispatch(job.payload, self.job_timeout)
+        self.jobs_run += 1
+        job.unsent = False
+        self._in_flight.append(job)
+
+    def _finish(self, pending: PendingJob) -> None:
+        """Collect the jobs in flight up to ``pending``, in order (an unsent ``pending`` is sent
+        again first); each keeps its results or failure. Raises only for the driver's own
+        failures (Ctrl-C, a world that cannot start)."""
+        if pending.unsent:
+            while self._in_flight:
+                self._collect_oldest()
+            self._dispatch_job(pending)
+        if pending not in self._in_flight:
             raise RuntimeError("this job is no longer in flight: its world was closed or restarted")
+        while not pending.done:
+            self._collect_oldest()
+
+    def _collect_oldest(self) -> None:
+        """Collect the oldest job in flight and apply the transport's failure policy; a job queued
+        behind one that did not end cleanly on every rank is settled at once (it ran, or it is
+        to be sent again)."""
+        job = self._in_flight[0]
+        if job.clock is None:  # queued: the ranks are free to run it from now on
+            job.clock = JobClock(self._cpu_seconds, self.size, self.job_timeout, self.error_grace)
         try:
-            results = self._collect(pending.clock)
+            results = self._collect(job.clock)
         except JobFailed as exc:
-            self._in_flight = None
-            self._after_failure(exc, pending)
-            raise
+            self._in_flight.remove(job)
+            job._settle(failure=exc)
+            self._after_failure(exc, job)
+            self._settle_queued()
+            return
         except BaseException as exc:  # Ctrl-C or another driver-side interruption mid-job
-            self._in_flight = None
-            self._after_interrupt(exc, pending)
+            self._in_flight.remove(job)
+            job._settle(failure=exc)
+            self._after_interrupt(exc, job)
+            self._lose_in_flight()
             raise
-        self._in_flight = None
+        self._in_flight.remove(job)
+        skipped = [rank for rank, r in enumerate(results) if isinstance(r, Skipped)]
+        if len(skipped) == self.size:
+            job.unsent = True  # its ranks did not run it: sent again when its result is asked
+            return
+        if skipped:  # cannot happen: the ranks agree on whether to run it (see gated)
+            failures = {
+                r: RankFailure("Skipped", "did not run the job while other ranks did") for r in skipped
+            }
+            job._settle(failure=JobFailed("error", failures, results=dict(enumerate(results))))
+            self._needs_health_check = True
+            return
+        job._settle(results=results)
         if any(may_desync(r) for r in results):
             self._needs_health_check = True
-        return results
+            self._settle_queued()
+
+    def _settle_queued(self) -> None:
+        """The job before the queued one (if any) did not end cleanly on every rank: where the
+        world is still up, collect what the ranks did with the queued job (they skip it where a
+        rank returned early)."""
+        if self._in_flight:
+            self._collect_oldest()
+
+    def _lose_in_flight(self) -> None:
+        """The world is gone: the jobs in flight will never be answered; each is sent again if
+        its result is asked."""
+        for job in self._in_flight:
+            job.unsent = True
+            job.clock = None
+        self._in_flight = []
 
     def _dispatch(self, payload: bytes, timeout: float) -> JobClock:
         self._send(payload)

@@ -33,6 +33,7 @@ from conformance.world.protocol import (
     DEFAULT_JOB_TIMEOUT,
     DEFAULT_START_TIMEOUT,
     SHUTDOWN,
+    SKIPPED,
     JobClock,
     JobDriver,
     JobFailed,
@@ -41,6 +42,7 @@ from conformance.world.protocol import (
     Replies,
     WorldUnavailable,
     execute,
+    ungated,
 )
 
 # --------------------------------------------------------------------------- rank side
@@ -58,6 +60,22 @@ def _driver_gone(logdir: str) -> None:
     and stderr any more, so its log directory goes too (every rank tries; one succeeds)."""
     shutil.rmtree(logdir, ignore_errors=True)
     os._exit(3)
+
+
+def _in_turn(turns: Any, early: bool) -> bool:
+    """Whether a queued job may run (see :func:`~conformance.world.protocol.gated`): every
+    rank of the ``turns`` group finished the job before it without returning ``early``. Not
+    where the turn itself fails (a peer died in that job): this rank stays to be counted as
+    alive, and the driver restarts the world."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(early)])
+    try:
+        dist.all_reduce(flag, group=turns)
+    except Exception:
+        return False
+    return flag.item() == 0
 
 
 def _rank_main(
@@ -100,14 +118,22 @@ def _rank_main(
     install_context(rank, size, backend, device)
     conn.send_bytes(pickle.dumps(("ready", rank)))
 
+    # Queued jobs' turns: a group of its own, so that a rank still stuck in a collective of the
+    # job before cannot take the turn's all_reduce for its own collective.
+    turns = dist.new_group(backend="gloo")
+    early = False  # this rank's answer to the last job it ran returned early
     while True:
         try:
-            payload = conn.recv_bytes()
+            queued, payload = ungated(conn.recv_bytes())
         except (EOFError, OSError):
             _driver_gone(logdir)
+        if queued and not _in_turn(turns, early):
+            conn.send_bytes(SKIPPED)
+            continue
         answer = execute(payload)
         if answer is None:  # shutdown request
             break
+        early = answer.early
         conn.send_bytes(answer.data)
 
     # A barrier first: gloo can abort when a group is destroyed while a peer still talks.
@@ -151,6 +177,7 @@ class World(JobDriver):
     """
 
     consequence = "world restarts before the next job"
+    queues_jobs = True
 
     def __init__(
         self,
@@ -235,7 +262,7 @@ class World(JobDriver):
     def close(self, polite: bool = True) -> None:
         """Stop every rank (politely, then by force; by force at once unless ``polite``) and
         release the store."""
-        if polite and self._procs and self.alive and not self._needs_health_check and self._in_flight is None:
+        if polite and self._procs and self.alive and not self._needs_health_check and not self._in_flight:
             try:
                 for conn in self._conns:
                     conn.send_bytes(SHUTDOWN)
@@ -267,7 +294,7 @@ class World(JobDriver):
         self._procs, self._conns = [], []
         self._store = None
         self._needs_health_check = False
-        self._in_flight = None
+        self._lose_in_flight()
 
     # -- the transport's side of the job protocol
 
