@@ -279,15 +279,14 @@ class Harness:
             return self.config.baseline
         return None
 
-    def can_queue(self, case: Case) -> bool:
-        """Whether :meth:`start` may submit ``case`` while the case before it is still in
-        flight: its world queues jobs, and the case is one job (not a law's, not against a
-        baseline: those run at once, and a fault of the case before must be judged first)."""
-        return (
-            self.world(case.world_size).queues_jobs
-            and not case.utility.startswith(LAW_PREFIX)
-            and self._baseline_for(case) is None
-        )
+    def in_flight_limit(self, case: Case) -> int:
+        """How many cases, ``case`` included, may be in flight once :meth:`start` has submitted
+        it: its world's ``max_in_flight`` for a case that is one job, one for a law's case or one
+        against a baseline (those run at once, and a fault of a case before must be judged
+        first)."""
+        if case.utility.startswith(LAW_PREFIX) or self._baseline_for(case) is not None:
+            return 1
+        return self.world(case.world_size).max_in_flight
 
     def _report_of(self, started: CaseCheck, case: Case) -> CaseReport:
         with self._remembering_faults(case):

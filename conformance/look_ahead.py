@@ -8,9 +8,10 @@ two passes at most:
 
 1. The look-ahead pass (:func:`run_looking_ahead`'s ``ahead``): each call submits its case to
    the world (:meth:`Harness.start`, the oracle computed meanwhile) and returns at once. Where
-   the world queues jobs (:attr:`~conformance.world.protocol.JobDriver.queues_jobs`) the case
-   before it is judged only then, so the ranks go from that case to this one without waiting
-   for the driver; otherwise the case before it is judged first. When every case passes, the
+   the world queues jobs (:attr:`~conformance.world.protocol.JobDriver.max_in_flight`), the
+   oldest cases are judged only once this one is queued behind them, so the ranks go from case
+   to case without waiting for the driver; otherwise the case before is judged first
+   (:meth:`Harness.in_flight_limit`). When every case passes, the
    property has passed on exactly the cases a plain run draws, with the verdicts a plain run
    gives them: that is the result.
 2. At the first case that does not pass (or whose check raises), the pass stops and the property
@@ -47,19 +48,21 @@ class LookAheadStopped(BaseException):
 
 class LookAhead:
     """The checks of one look-ahead pass, oldest first: each case's verdict is asked once the
-    case after it has been started (:meth:`push`), or at the end (:meth:`settle`)."""
+    cases after it have been started, as many as its world queues (:meth:`push`), or at the
+    end (:meth:`settle`)."""
 
     def __init__(self, harness: Harness) -> None:
         self._harness = harness
         self._in_flight: deque[CaseCheck] = deque()
 
     def push(self, case: Case) -> None:
-        """Start ``case`` and judge the cases before it; raises :class:`LookAheadStopped` where
-        one of them did not pass."""
-        if not self._harness.can_queue(case):
-            self.settle()
+        """Start ``case``, judging the oldest cases as the world's limit asks; raises
+        :class:`LookAheadStopped` where one of them did not pass."""
+        limit = self._harness.in_flight_limit(case)
+        while len(self._in_flight) >= limit:
+            self._settle_oldest()
         self._in_flight.append(self._harness.start(case))
-        while len(self._in_flight) > 1:
+        while len(self._in_flight) >= limit > 1:
             self._settle_oldest()
 
     def settle(self) -> None:

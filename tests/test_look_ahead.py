@@ -21,14 +21,14 @@ from strategies.spec import DictSpec, TensorSpec
 
 class RecordingHarness:
     """Stands in for the harness: judges a case by ``fails`` and records which pass ran it
-    (``started``: the look-ahead pass; ``checked``: a plain run). With ``queues`` a case is
-    started before the one before it is judged, as on a spawned world."""
+    (``started``: the look-ahead pass; ``checked``: a plain run). ``limit`` cases are in flight
+    at most (a spawned world's ``max_in_flight``; one where the world does not queue)."""
 
     def __init__(
         self,
         fails: Callable[[Case], bool],
         fails_ahead: Callable[[Case], bool] | None = None,
-        queues: bool = True,
+        limit: int = 3,
     ):
         self.config = HarnessConfig(world_sizes=(2,))
         self.divergences = Divergences(entries=())
@@ -38,10 +38,10 @@ class RecordingHarness:
         self.started: list[Case] = []
         self.checked: list[Case] = []
         self._fails, self._fails_ahead = fails, fails_ahead or fails
-        self.queues = queues
+        self.limit = limit
 
-    def can_queue(self, case: Case) -> bool:
-        return self.queues
+    def in_flight_limit(self, case: Case) -> int:
+        return self.limit
 
     def missing(self, utility: str) -> list[str]:
         return []
@@ -97,14 +97,14 @@ def test_a_passing_property_runs_once_on_the_cases_a_plain_run_draws(ci_property
     # a look-ahead pass that stops at its first case leaves the whole run to the plain run
     plain = RecordingHarness(fails=never, fails_ahead=always)
     ci_property()(harness=plain)
-    assert plain.started == plain.checked[:2]  # the first case is judged once the second is started
+    assert plain.started == plain.checked[: plain.limit]  # the first case is judged once two more started
     assert len(looking.started) == settings.default.max_examples  # (the 2x2 examples need 4 ranks)
     assert [c.to_blob() for c in looking.started] == [c.to_blob() for c in plain.checked]
     assert looking.cases_by_utility == {"gather_state_dict": len(looking.started)}
 
 
-@pytest.mark.parametrize("queues", [True, False])
-def test_a_failing_case_is_found_again_and_shrunk_by_a_plain_run(ci_property, queues):
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_a_failing_case_is_found_again_and_shrunk_by_a_plain_run(ci_property, limit):
     reference = RecordingHarness(fails=never)
     ci_property()(harness=reference)
     culprit = reference.started[20]
@@ -113,12 +113,12 @@ def test_a_failing_case_is_found_again_and_shrunk_by_a_plain_run(ci_property, qu
     def big_like_the_culprit(case: Case) -> bool:
         return len(case.to_blob()) >= leaves
 
-    failing = RecordingHarness(fails=big_like_the_culprit, queues=queues)
+    failing = RecordingHarness(fails=big_like_the_culprit, limit=limit)
     with pytest.raises(CaseFailure) as raised:
         ci_property()(harness=failing)
     first = next(i for i, c in enumerate(reference.started) if big_like_the_culprit(c))
-    # the pass stops at the failing case, or (queueing) at the case started behind it
-    stopped = first + 1 + queues
+    # the pass stops at the failing case, or (queueing) at the last case queued behind it
+    stopped = first + limit
     assert [c.to_blob() for c in failing.started] == [c.to_blob() for c in reference.started[:stopped]]
     # the plain run draws the same cases up to the failure, then shrinks it
     assert [c.to_blob() for c in failing.checked[: first + 1]] == [

@@ -273,14 +273,16 @@ def test_submit_returns_at_once_and_result_collects(world_factory):
     assert world.run(rank_and_size) == [(0, 2), (1, 2)]
 
 
-def test_a_third_job_first_collects_the_oldest(world_factory):
+def test_a_job_beyond_the_limit_first_collects_the_oldest(world_factory):
     """A job whose result nobody asked (its case was dropped) does not block the world."""
     world = world_factory(2)
     oldest = world.submit(sleep_then_rank, 1.0)
-    world.submit(rank_and_size)
-    third = world.submit(rank_and_size)
+    for _ in range(world.max_in_flight - 1):
+        world.submit(rank_and_size)
+    assert not oldest.done
+    last = world.submit(rank_and_size)
     assert oldest.done
-    assert third.result() == [(0, 2), (1, 2)]
+    assert last.result() == [(0, 2), (1, 2)]
     assert oldest.result() == [0, 1]
 
 
@@ -328,14 +330,15 @@ def note_run(path: str) -> int:
     ],
 )
 def test_a_queued_job_changes_no_verdict_and_runs_exactly_once(fresh_world, tmp_path, job, args, verdict):
-    """Whatever the job before it does (returns, returns early, raises, leaves a rank blocked,
-    hangs with or without a rank still in a collective, kills a rank), that job's verdict is
-    the one it gets alone (the same kind, on the same ranks), and the job queued behind it runs
-    once, on a sound world."""
+    """Whatever the job before them does (returns, returns early, raises, leaves a rank
+    blocked, hangs with or without a rank still in a collective, kills a rank), that job's
+    verdict is the one it gets alone (the same kind, on the same ranks), and each job queued
+    behind it runs once, in order, on a sound world."""
     fresh_world.start()
     notes = tmp_path / "runs"
     first = fresh_world.submit(job, *args)
     queued = fresh_world.submit(note_run, str(notes))
+    last = fresh_world.submit(note_run, str(notes))
     if verdict is None:
         assert len(first.result()) == 2
     else:
@@ -344,7 +347,8 @@ def test_a_queued_job_changes_no_verdict_and_runs_exactly_once(fresh_world, tmp_
         failures = {rank: f.type_name for rank, f in info.value.failures.items()}
         assert (info.value.kind, failures) == verdict
     assert queued.result() == [0, 1]
-    assert sorted(notes.read_text().split()) == ["0", "1"]
+    assert last.result() == [0, 1]
+    assert sorted(notes.read_text().split()) == ["0", "0", "1", "1"]
     assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
 
 

@@ -94,7 +94,7 @@ class PendingJob:
 
     :meth:`result` waits for the ranks' answers and returns them in rank order, or raises
     :class:`JobFailed`; asking again gives the same answer. A job queued behind another
-    (:attr:`JobDriver.queues_jobs`) that its ranks did not run, because the job before it
+    (:attr:`JobDriver.max_in_flight`) that its ranks did not run, because a job before it
     returned early on some rank or took the world down, is sent again when its result is asked
     (after the health check or restart that any job then gets): it runs exactly once.
     :meth:`cancel` drops such a job instead.
@@ -153,7 +153,7 @@ class JobRunner(Protocol):
     """What runs cases: a spawned :class:`~conformance.world.spawn.World` or the torchrun world."""
 
     size: int
-    queues_jobs: bool
+    max_in_flight: int
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]: ...
 
@@ -329,14 +329,14 @@ class JobDriver:
 
     ``submit(fn, *args, **kwargs)`` sends the job to every rank and returns a
     :class:`PendingJob` at once, so the caller can work while the ranks run;
-    ``pending.result()`` collects and judges the answers. ``run`` is the two in one. One job
-    is in flight at a time, or two on a transport that ``queues_jobs``: the second waits on the
-    ranks for the first (:func:`gated`), so the ranks go from one to the next without a
-    round trip to the driver. Jobs are collected in the order they were submitted, each keeping
-    its answer for its own ``result()``: a third submission first collects the oldest; on
-    a transport that does not queue, a second one raises ``RuntimeError``. A job's deadline
-    counts from when the ranks are free to run it: its submission, or the collection of the
-    job before it.
+    ``pending.result()`` collects and judges the answers. ``run`` is the two in one. Up to
+    ``max_in_flight`` jobs are in flight at a time: each one after the first is queued on the
+    ranks behind the one before it (:func:`gated`), so the ranks go from one to the next
+    without a round trip to the driver. Jobs are collected in the order they were submitted,
+    each keeping its answer for its own ``result()``: a submission beyond the limit first
+    collects the oldest; where the limit is one (a transport whose ranks do not queue), a
+    second submission raises ``RuntimeError``. A job's deadline counts from when the ranks are
+    free to run it: its submission, or the collection of the job before it.
 
     A subclass provides ``size``, ``consequence`` (what a blocked, hung or crashed job means
     for the run) and: ``_prepare`` (make the world ready for a job, running
@@ -344,13 +344,13 @@ class JobDriver:
     answers into :class:`Replies` until all answered or the :class:`JobClock` says stop;
     ``JobFailed("crash")`` for a dead rank), ``_stacks``, ``_cpu_seconds``, and what a failed
     or interrupted job does to the world (``_after_failure``, ``_after_interrupt``; a transport
-    that takes the world down calls :meth:`_lose_in_flight`). A transport that ``queues_jobs``
-    has its ranks honour :func:`gated` payloads.
+    that takes the world down calls :meth:`_lose_in_flight`). A transport whose
+    ``max_in_flight`` is over one has its ranks honour :func:`gated` payloads.
     """
 
     size: int
     consequence: str
-    queues_jobs = False
+    max_in_flight = 1
 
     def __init__(self, job_timeout: float, error_grace: float) -> None:
         self.job_timeout = job_timeout
@@ -366,11 +366,11 @@ class JobDriver:
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PendingJob:
         """Start ``fn(*args, **kwargs)`` on every rank (or queue it behind the job in flight)
         and return without waiting."""
-        if self._in_flight and not self.queues_jobs:
+        if self._in_flight and self.max_in_flight == 1:
             raise RuntimeError(
                 "a job is already in flight on this world: ask its result() before submitting another"
             )
-        while len(self._in_flight) > 1:  # a job nobody collected (its case was dropped)
+        while len(self._in_flight) >= self.max_in_flight:  # collected, kept for its result()
             self._collect_oldest()
         job = PendingJob(self, fn, args, pickle.dumps((fn, args, kwargs)))
         if self._in_flight:
@@ -403,9 +403,9 @@ class JobDriver:
             self._collect_oldest()
 
     def _collect_oldest(self) -> None:
-        """Collect the oldest job in flight and apply the transport's failure policy; a job queued
-        behind one that did not end cleanly on every rank is settled at once (it ran, or it is
-        to be sent again)."""
+        """Collect the oldest job in flight and apply the transport's failure policy; the jobs
+        queued behind one that did not end cleanly on every rank are settled at once (each ran,
+        or is to be sent again)."""
         job = self._in_flight[0]
         if job.clock is None:  # queued: the ranks are free to run it from now on
             job.clock = JobClock(self._cpu_seconds, self.size, self.job_timeout, self.error_grace)
@@ -434,6 +434,7 @@ class JobDriver:
             }
             job._settle(failure=JobFailed("error", failures, results=dict(enumerate(results))))
             self._needs_health_check = True
+            self._settle_queued()
             return
         job._settle(results=results)
         if any(may_desync(r) for r in results):
@@ -441,10 +442,10 @@ class JobDriver:
             self._settle_queued()
 
     def _settle_queued(self) -> None:
-        """The job before the queued one (if any) did not end cleanly on every rank: where the
-        world is still up, collect what the ranks did with the queued job (they skip it where a
-        rank returned early)."""
-        if self._in_flight:
+        """A job did not end cleanly on every rank: where the world is still up, collect what
+        the ranks did with the jobs queued behind it (they skip them where a rank returned
+        early)."""
+        while self._in_flight:
             self._collect_oldest()
 
     def _lose_in_flight(self) -> None:

@@ -62,20 +62,32 @@ def _driver_gone(logdir: str) -> None:
     os._exit(3)
 
 
-def _in_turn(turns: Any, early: bool) -> bool:
-    """Whether a queued job may run (see :func:`~conformance.world.protocol.gated`): every
-    rank of the ``turns`` group finished the job before it without returning ``early``. Not
-    where the turn itself fails (a peer died in that job): this rank stays to be counted as
-    alive, and the driver restarts the world."""
-    import torch
-    import torch.distributed as dist
+class Turns:
+    """How the ranks of a spawned world agree whether a queued job may run (see
+    :func:`~conformance.world.protocol.gated`): each rank posts whether it returned early from
+    the job before, then all meet at a barrier. Shared memory and process-shared semaphores,
+    not the process group: a rank still stuck in a collective of the job before cannot take
+    the turn for its own collective; it just never arrives, and the driver judges that job."""
 
-    flag = torch.tensor([int(early)])
-    try:
-        dist.all_reduce(flag, group=turns)
-    except Exception:
-        return False
-    return flag.item() == 0
+    def __init__(self, ctx: Any, size: int) -> None:
+        self._size = size
+        self._early = ctx.Array("b", 2 * size, lock=False)  # two turns' posts, alternating
+        self._barrier = ctx.Barrier(size)
+        self._turns = 0  # turns this rank has taken: the same on every rank
+
+    def in_turn(self, rank: int, early: bool) -> bool:
+        """Whether every rank finished the job before without returning ``early``. Not where
+        the turn itself fails: this rank stays to be counted, and the driver restarts the world.
+        (A rank posts into a turn's slots again only after the next turn's barrier, which every
+        rank reaches only after reading them.)"""
+        first = (self._turns % 2) * self._size
+        self._turns += 1
+        self._early[first + rank] = early
+        try:
+            self._barrier.wait()
+        except Exception:
+            return False
+        return not any(self._early[first : first + self._size])
 
 
 def _rank_main(
@@ -87,6 +99,7 @@ def _rank_main(
     conn: connection.Connection,
     parent_pid: int,
     logdir: str,
+    turns: Turns,
 ) -> None:
     # Ctrl-C belongs to the driver: it tears the world down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -118,16 +131,13 @@ def _rank_main(
     install_context(rank, size, backend, device)
     conn.send_bytes(pickle.dumps(("ready", rank)))
 
-    # Queued jobs' turns: a group of its own, so that a rank still stuck in a collective of the
-    # job before cannot take the turn's all_reduce for its own collective.
-    turns = dist.new_group(backend="gloo")
     early = False  # this rank's answer to the last job it ran returned early
     while True:
         try:
             queued, payload = ungated(conn.recv_bytes())
         except (EOFError, OSError):
             _driver_gone(logdir)
-        if queued and not _in_turn(turns, early):
+        if queued and not turns.in_turn(rank, early):
             conn.send_bytes(SKIPPED)
             continue
         answer = execute(payload)
@@ -177,7 +187,7 @@ class World(JobDriver):
     """
 
     consequence = "world restarts before the next job"
-    queues_jobs = True
+    max_in_flight = 3  # the case the ranks run and two queued behind it (see look_ahead)
 
     def __init__(
         self,
@@ -225,6 +235,7 @@ class World(JobDriver):
             self.restarts += 1
         self._generation += 1
         ctx = get_context("spawn")
+        turns = Turns(ctx, self.size)
         for rank in range(self.size):
             parent_conn, child_conn = ctx.Pipe(duplex=True)
             proc = ctx.Process(
@@ -238,6 +249,7 @@ class World(JobDriver):
                     child_conn,
                     os.getpid(),
                     self._logdir,
+                    turns,
                 ),
                 name=f"conformance-rank{rank}",
                 daemon=True,
