@@ -217,8 +217,12 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def namedtuple_type(size: int) -> type:
-    """The namedtuple class a ``SeqSpec(kind="namedtuple")`` of ``size`` items uses."""
-    return _NAMEDTUPLES.setdefault(size, _make_namedtuple(size))
+    """The namedtuple class a ``SeqSpec(kind="namedtuple")`` of ``size`` items uses (made once
+    per size)."""
+    cls = _NAMEDTUPLES.get(size)
+    if cls is None:
+        cls = _NAMEDTUPLES[size] = _make_namedtuple(size)
+    return cls
 
 
 def _make_namedtuple(size: int) -> type:
