@@ -352,6 +352,24 @@ def test_a_queued_job_changes_no_verdict_and_runs_exactly_once(fresh_world, tmp_
     assert fresh_world.run(all_reduce_rank_sum) == [3, 3]
 
 
+def test_queued_jobs_on_two_live_worlds_do_not_share_their_turns():
+    """Each world's ranks take their turns apart from another world's: two worlds queueing
+    at once, one of them restarted, still answer every job (the turns' shared memory is held
+    as long as the ranks use it, never handed to the next world)."""
+    with World(2, job_timeout=10.0) as first, World(2, job_timeout=10.0) as second:
+        first.start()
+        second.start()
+        first.restart()
+        for i in range(30):
+            jobs = [
+                world.submit(return_early_everywhere if i % 3 == 0 else rank_and_size)
+                for world in (first, second)
+            ]
+            jobs += [world.submit(rank_and_size) for world in (first, second)]
+            for job in jobs:
+                assert len(job.result()) == 2
+
+
 def test_a_queued_job_behind_a_hang_can_be_dropped(fresh_world, tmp_path):
     """A look-ahead pass that ends at a hang does not run the case queued behind it."""
     from conformance.world.protocol import JobCancelled

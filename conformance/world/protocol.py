@@ -432,7 +432,8 @@ class JobDriver:
             failures = {
                 r: RankFailure("Skipped", "did not run the job while other ranks did") for r in skipped
             }
-            job._settle(failure=JobFailed("error", failures, results=dict(enumerate(results))))
+            ran = {r: v for r, v in enumerate(results) if r not in skipped}
+            job._settle(failure=JobFailed("error", failures, results=ran))
             self._needs_health_check = True
             self._settle_queued()
             return

@@ -215,6 +215,10 @@ class World(JobDriver):
         self._procs: list[Any] = []
         self._conns: list[connection.Connection] = []
         self._store: Any = None
+        # The ranks' Turns: its shared memory comes from this process's multiprocessing heap,
+        # which hands a freed block out again (Process.start drops its arguments), so the
+        # world holds it until its ranks are gone.
+        self._turns: Turns | None = None
         self._logdir = tempfile.mkdtemp(prefix="sdc-world-")  # ranks' stacks and stderr
         _live_worlds.add(self)
 
@@ -235,7 +239,7 @@ class World(JobDriver):
             self.restarts += 1
         self._generation += 1
         ctx = get_context("spawn")
-        turns = Turns(ctx, self.size)
+        turns = self._turns = Turns(ctx, self.size)
         for rank in range(self.size):
             parent_conn, child_conn = ctx.Pipe(duplex=True)
             proc = ctx.Process(
@@ -305,6 +309,7 @@ class World(JobDriver):
             conn.close()
         self._procs, self._conns = [], []
         self._store = None
+        self._turns = None
         self._needs_health_check = False
         self._lose_in_flight()
 
